@@ -1,0 +1,1 @@
+"""The ``icmh`` command-line workflow: encode, decode, info, train-codec, bench."""

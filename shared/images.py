@@ -1,0 +1,52 @@
+"""Image files ↔ tensors, and padding to the codec's block size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+from .errors import InvalidInputError
+
+BLOCK = 64  # every supported codec reduces resolution by 64 (y by 16, z by 64)
+
+
+def load_image(path: Path) -> Tensor:
+    """Read an image file as a 3×H×W float tensor in [0, 1]; raises :class:`InvalidInputError`."""
+    try:
+        with Image.open(path) as image:
+            return pil_to_tensor(image.convert("RGB")).float().div_(255)
+    except FileNotFoundError:
+        raise InvalidInputError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read image {path}: {exc}") from None
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    """A 3×H×W float image in [0, 1] as uint8 (rounded, clamped)."""
+    return image.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """Write a 3×H×W float image in [0, 1] (PNG or any format Pillow knows by suffix)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    to_pil_image(to_uint8(image)).save(path)
+
+
+def pad_to_block(x: Tensor, block: int = BLOCK) -> Tensor:
+    """Pad N×C×H×W at the bottom/right by edge replication up to multiples of ``block``."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % block, (-width) % block
+    if pad_h == 0 and pad_w == 0:
+        return x
+    return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def padded_size(height: int, width: int, block: int = BLOCK) -> Tuple[int, int]:
+    """(H, W) rounded up to multiples of ``block``."""
+    return height + (-height) % block, width + (-width) % block

@@ -1,0 +1,15 @@
+"""Model code: SFMA adapters, the codec registry, deterministic latent coding and the
+adapted codec that ties a frozen CompressAI base codec to per-task adapter sets."""
+
+from .adapters import ADAPTER_VARIANTS, build_adapter
+from .registry import CODECS, CodecSpec, codec_by_wire_id, get_codec, register_codec
+
+__all__ = [
+    "ADAPTER_VARIANTS",
+    "CODECS",
+    "CodecSpec",
+    "build_adapter",
+    "codec_by_wire_id",
+    "get_codec",
+    "register_codec",
+]

@@ -1,0 +1,149 @@
+"""Registry of base codecs: architecture, qualities, adapter taps and wire ids.
+
+A codec entry says how to build the CompressAI model for a quality, where the
+encoder / decoder adapters attach (indices into ``g_a`` / ``g_s``), which latent coder
+entropy-codes it and where its pretrained weights come from. Adding a codec is one
+:func:`register_codec` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping, Optional, Tuple
+
+from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperprior
+from compressai.zoo.image import cfgs as ZOO_CONFIGS
+from torch import nn
+
+from ..errors import InvalidInputError
+
+# latent coder kinds (see shared.models.latent_coding)
+SCALE_HYPERPRIOR = "scale-hyperprior"
+MEAN_SCALE_HYPERPRIOR = "mean-scale-hyperprior"
+AUTOREGRESSIVE = "autoregressive"
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """Everything the project needs to know about one base codec architecture."""
+
+    name: str
+    wire_id: int
+    builder: Callable[..., nn.Module]
+    configs: Mapping[int, Tuple[int, ...]]
+    latent_coder: str
+    encoder_taps: Tuple[int, ...]
+    decoder_taps: Mapping[str, Tuple[int, ...]]
+    zoo_name: Optional[str] = None
+    bundled_weights: Mapping[int, str] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def qualities(self) -> Tuple[int, ...]:
+        """The quality levels this codec has, ascending."""
+        return tuple(sorted(self.configs))
+
+    @property
+    def default_decoder_position(self) -> str:
+        """The decoder adapter position used unless another is asked for."""
+        return next(iter(self.decoder_taps))
+
+    def check_quality(self, quality: int) -> None:
+        """Raise :class:`InvalidInputError` unless ``quality`` is one of this codec's levels."""
+        if quality not in self.configs:
+            valid = ", ".join(str(q) for q in self.qualities)
+            raise InvalidInputError(f"{self.name} has no quality {quality} (valid: {valid})")
+
+    def adapter_channels(self, quality: int) -> int:
+        """Channels (N) of the ``g_a`` / ``g_s`` stages where adapters attach."""
+        self.check_quality(quality)
+        return self.configs[quality][0]
+
+    def build(self, quality: int) -> nn.Module:
+        """Return a freshly initialised (untrained) base model for ``quality``."""
+        self.check_quality(quality)
+        return self.builder(*self.configs[quality])
+
+
+CODECS: Dict[str, CodecSpec] = {}
+
+
+def register_codec(spec: CodecSpec) -> CodecSpec:
+    """Add ``spec`` to :data:`CODECS`; names and wire ids must be unique."""
+    if spec.name in CODECS or any(s.wire_id == spec.wire_id for s in CODECS.values()):
+        raise ValueError(f"codec {spec.name!r} or wire id {spec.wire_id} already registered")
+    CODECS[spec.name] = spec
+    return spec
+
+
+def get_codec(name: str) -> CodecSpec:
+    """Return the codec called ``name``; raise :class:`InvalidInputError` naming the valid ones."""
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise InvalidInputError(f"unknown codec {name!r} (valid: {', '.join(CODECS)})") from None
+
+
+def codec_by_wire_id(wire_id: int) -> CodecSpec:
+    """Return the codec whose header id is ``wire_id``; raise :class:`InvalidInputError` if none."""
+    for spec in CODECS.values():
+        if spec.wire_id == wire_id:
+            return spec
+    raise InvalidInputError(f"unknown codec id {wire_id} in frame header")
+
+
+# g_a = conv, GDN, conv, GDN, conv, GDN, conv ; g_s = deconv, IGDN, deconv, IGDN, deconv, IGDN, deconv
+_HYPERPRIOR_ENCODER_TAPS = (1, 3, 5)  # after each GDN
+_HYPERPRIOR_DECODER_TAPS = {"after_igdn": (1, 3, 5), "after_deconv": (0, 2, 4)}
+
+register_codec(CodecSpec(
+    name="bmshj2018-hyperprior",
+    wire_id=1,
+    builder=ScaleHyperprior,
+    configs=ZOO_CONFIGS["bmshj2018-hyperprior"],
+    latent_coder=SCALE_HYPERPRIOR,
+    encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
+    decoder_taps=_HYPERPRIOR_DECODER_TAPS,
+    zoo_name="bmshj2018-hyperprior",
+    description="Ballé et al. 2018 scale hyperprior (CompressAI zoo, MSE)",
+))
+
+register_codec(CodecSpec(
+    name="mbt2018-mean",
+    wire_id=2,
+    builder=MeanScaleHyperprior,
+    configs=ZOO_CONFIGS["mbt2018-mean"],
+    latent_coder=MEAN_SCALE_HYPERPRIOR,
+    encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
+    decoder_taps=_HYPERPRIOR_DECODER_TAPS,
+    zoo_name="mbt2018-mean",
+    description="Minnen et al. 2018 mean-scale hyperprior (CompressAI zoo, MSE)",
+))
+
+# g_a = RBS, RB, RBS, RB, RBS, RB, conv ; g_s = RB, RBU, RB, RBU, RB, RBU, RB, subpel
+register_codec(CodecSpec(
+    name="cheng2020-anchor",
+    wire_id=3,
+    builder=Cheng2020Anchor,
+    configs=ZOO_CONFIGS["cheng2020-anchor"],
+    latent_coder=AUTOREGRESSIVE,
+    encoder_taps=(1, 3, 5),
+    decoder_taps={"after_upsample": (1, 3, 5)},
+    zoo_name="cheng2020-anchor",
+    description="Cheng et al. 2020 anchor, autoregressive context model (CompressAI zoo, MSE)",
+))
+
+register_codec(CodecSpec(
+    name="mbt2018-mean-tiny",
+    wire_id=100,
+    builder=MeanScaleHyperprior,
+    configs={1: (64, 96)},
+    latent_coder=MEAN_SCALE_HYPERPRIOR,
+    encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
+    decoder_taps=_HYPERPRIOR_DECODER_TAPS,
+    bundled_weights={1: "mbt2018-mean-tiny-1.safetensors"},
+    description=(
+        "small mean-scale hyperprior (N=64, M=96) trained briefly by this project on "
+        "Kodak + COCO-mini; ships with the package, for tests, demos and benchmarks"
+    ),
+))

@@ -1,0 +1,37 @@
+"""Shared fixtures: the real-image folder and small images."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.paths import default_data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real test images (``$ICMH_DATA_DIR`` or ``../shared/data``)."""
+    return default_data_dir()
+
+
+@pytest.fixture(scope="session")
+def kodak_dir(data_dir: Path) -> Path:
+    """The Kodak folder; tests that need it skip with a message when it is absent."""
+    folder = data_dir / "kodak"
+    if not folder.is_dir():
+        pytest.skip(f"Kodak images not found in {folder} (set ICMH_DATA_DIR)")
+    return folder
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """A synthetic smooth 3×H×W image in [0, 1] (content-dependent, unlike noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, max(1, height // 16), max(1, width // 16), generator=generator)
+    return torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[0]

@@ -1,0 +1,444 @@
+"""The real ``icmh`` console entry, run as ``python -m icmh.cli`` in child processes.
+
+Every child runs with an empty ``TORCH_HOME``, ``ICMH_OFFLINE=1`` and an 8 GiB address
+space limit (``RLIMIT_AS``, set in the child itself before it execs the CLI); its peak
+resident memory is read from the kernel (``wait4``). Children run two at a time where
+they do not depend on each other, because each spends seconds importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.bitstream import HEADER_SIZE, MAGIC, pack_frame, parse_frame  # noqa: E402
+from shared.paths import default_data_dir  # noqa: E402
+from shared.weights import BUNDLED_DIR  # noqa: E402
+
+TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
+TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
+RANDOM_DET = ["--codec", "mbt2018-mean", "--quality", "1", "--random-weights"]
+AS_LIMIT = 8 << 30  # bytes of address space per child
+MAX_RSS = 3 << 30  # bytes of resident memory a child may peak at
+TIMEOUT_S = 60  # per child
+PARALLEL = max(2, min(4, os.cpu_count() or 2))
+MIN_PSNR_DB = 16.0  # the trained tiny codec reaches 21-26 dB on Kodak; a broken decode ~10 dB
+BPP_LINE = re.compile(r"(\d+) bytes, ([0-9.]+) bpp, (\d+)×(\d+)")
+DECODE_LINE = re.compile(r": (\d+)×(\d+), ([0-9.]+) bpp")
+
+# The child sets its own address-space limit, then becomes ``python -m icmh.cli ARGS``
+# (same pid, so wait4 sees its whole life). No preexec_fn: safe with threads around.
+LAUNCHER = (
+    "import os, resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_AS, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'icmh.cli', *sys.argv[2:]])"
+)
+
+
+@dataclasses.dataclass
+class Run:
+    args: List[str]
+    returncode: Optional[int]
+    stdout: str
+    stderr: str
+    max_rss: int  # bytes
+    wall_s: float
+    timed_out: bool
+
+    def describe(self) -> str:
+        return (f"icmh {' '.join(self.args)}\n  exit {self.returncode}, {self.wall_s:.1f} s, "
+                f"peak RSS {self.max_rss / 2**20:.0f} MiB\n  stdout: {self.stdout!r}\n  stderr: {self.stderr!r}")
+
+
+def run_many(arg_lists: Sequence[Sequence[str]], env: Dict[str, str], timeout: float = TIMEOUT_S) -> List[Run]:
+    """Run ``icmh ARGS`` for every entry, ``PARALLEL`` at a time; results in input order."""
+    import subprocess
+
+    pending = list(enumerate(arg_lists))
+    running: Dict[int, tuple] = {}
+    results: List[Optional[Run]] = [None] * len(arg_lists)
+    while pending or running:
+        while pending and len(running) < PARALLEL:
+            i, args = pending.pop(0)
+            out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(AS_LIMIT), *map(str, args)],
+                                    cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            running[proc.pid] = (i, list(map(str, args)), proc, out, err, time.monotonic())
+        time.sleep(0.05)
+        for pid in list(running):
+            i, args, proc, out, err, start = running[pid]
+            done_pid, status, usage = os.wait4(pid, os.WNOHANG)
+            timed_out = False
+            if done_pid == 0:
+                if time.monotonic() - start < timeout:
+                    continue
+                proc.kill()
+                done_pid, status, usage = os.wait4(pid, 0)
+                timed_out = True
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, tell Popen
+            out.seek(0)
+            err.seek(0)
+            results[i] = Run(args, proc.returncode, out.read().decode(errors="replace"),
+                             err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
+                             time.monotonic() - start, timed_out)
+            out.close()
+            err.close()
+            del running[pid]
+    return results  # type: ignore[return-value]
+
+
+def run_one(args: Sequence[str], env: Dict[str, str]) -> Run:
+    return run_many([args], env)[0]
+
+
+def assert_ok(run: Run) -> None:
+    assert not run.timed_out and run.returncode == 0, run.describe()
+    assert "Traceback" not in run.stderr, run.describe()
+    assert run.max_rss < MAX_RSS, run.describe()
+
+
+def assert_one_line_error(run: Run, pattern: Optional[str] = None) -> str:
+    """Exit 2, exactly one stderr line ``error: ...``, no traceback, bounded time and memory."""
+    assert not run.timed_out, f"did not finish within {TIMEOUT_S} s: " + run.describe()
+    assert run.returncode == 2, run.describe()
+    assert "Traceback" not in run.stderr and "Traceback" not in run.stdout, run.describe()
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and run.stderr.endswith("\n"), run.describe()
+    assert lines[0].startswith("error: ") and len(lines[0]) > len("error: "), run.describe()
+    assert run.max_rss < MAX_RSS, run.describe()
+    if pattern is not None:
+        assert re.search(pattern, lines[0], re.IGNORECASE), f"expected /{pattern}/ in: " + run.describe()
+    return lines[0]
+
+
+def smooth_png(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    low = Image.fromarray(rng.integers(0, 256, (max(1, height // 16), max(1, width // 16), 3), dtype=np.uint8))
+    low.resize((width, height), Image.BICUBIC).save(path)
+    return path
+
+
+def png_array(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Dict[str, str]:
+    torch_home = tmp_path_factory.mktemp("torch-home")  # empty: no zoo weights cached
+    child = dict(os.environ)
+    child.update({"TORCH_HOME": str(torch_home), "ICMH_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    return child
+
+
+@pytest.fixture(scope="module")
+def source_png(work) -> Path:
+    kodak = default_data_dir() / "kodak" / "kodim01.png"
+    if kodak.is_file():
+        return kodak
+    print(f"{kodak} not found (set ICMH_DATA_DIR): using a synthetic 768×512 PNG instead")
+    return smooth_png(work / "synthetic.png", 768, 512)
+
+
+@pytest.fixture(scope="module")
+def adapter_files(work) -> Dict[str, Path]:
+    """Two detection adapter checkpoints for the trained tiny codec (seeds 0 and 1)."""
+    if not TINY_WEIGHTS.is_file():
+        pytest.fail(f"bundled weights {TINY_WEIGHTS} are missing")
+    from shared.adapter_checkpoint import save_adapters
+    from shared.frame_codec import FrameCodec
+    from shared.tasks import Task
+    from shared.weights import load_base_codec
+
+    loaded = load_base_codec("mbt2018-mean-tiny", 1)
+    files = {}
+    for name, seed in (("A", 0), ("B", 1)):
+        frame_codec = FrameCodec(loaded)
+        frame_codec.add_random_adapters(Task.DETECTION, seed=seed)
+        files[name] = work / f"detection-{name}.safetensors"
+        save_adapters(files[name], frame_codec.codec, Task.DETECTION, loaded.fingerprint, random_weights=True)
+    return files
+
+
+@pytest.fixture(scope="module")
+def encodes(work, env, source_png, adapter_files) -> Dict[str, Run]:
+    """Every encode the round-trip tests need, run side by side."""
+    with Image.open(source_png) as image:
+        odd = Image.fromarray(np.asarray(image.convert("RGB"))[100:177, 200:300])
+    odd.save(work / "odd.png")
+    assert odd.size == (100, 77)
+    with Image.open(source_png) as image:
+        image.convert("RGB").crop((0, 0, 192, 128)).save(work / "small.png")
+    jobs = {
+        "human": ["encode", source_png, "-o", work / "human.icmh", *TINY],
+        "odd": ["encode", work / "odd.png", "-o", work / "odd.icmh", *TINY],
+        "detection-random": ["encode", work / "small.png", "-o", work / "det-random.icmh",
+                             "--task", "detection", *RANDOM_DET],
+        "detection-adapters": ["encode", work / "small.png", "-o", work / "det-A.icmh",
+                               "--task", "detection", *TINY, "--adapters", adapter_files["A"]],
+    }
+    return dict(zip(jobs, run_many(list(jobs.values()), env)))
+
+
+@pytest.fixture(scope="module")
+def decodes(work, env, encodes, adapter_files) -> Dict[str, Run]:
+    """Every decode of the round-trip and refusal tests, run side by side."""
+    jobs = {
+        "human": ["decode", work / "human.icmh", "-o", work / "human.png"],
+        "odd": ["decode", work / "odd.icmh", "-o", work / "odd-decoded.png"],
+        "detection-random": ["decode", work / "det-random.icmh", "-o", work / "det-random.png",
+                             "--random-weights", "--seed", "0"],
+        "detection-random-other-seed": ["decode", work / "det-random.icmh", "-o", work / "det-seed1.png",
+                                        "--random-weights", "--seed", "1"],
+        "detection-adapters-same": ["decode", work / "det-A.icmh", "-o", work / "det-A.png",
+                                    "--adapters", adapter_files["A"]],
+        "detection-adapters-other": ["decode", work / "det-A.icmh", "-o", work / "det-B.png",
+                                     "--adapters", adapter_files["B"]],
+        "detection-no-adapters": ["decode", work / "det-A.icmh", "-o", work / "det-none.png"],
+    }
+    for name, run in encodes.items():
+        assert_ok(run)
+    return dict(zip(jobs, run_many(list(jobs.values()), env)))
+
+
+# -- round trips ---------------------------------------------------------------------------
+def test_encode_prints_the_bpp_of_the_whole_file(encodes, work, source_png):
+    run = encodes["human"]
+    assert_ok(run)
+    match = BPP_LINE.search(run.stdout)
+    assert match, run.describe()
+    n_bytes, bpp, width, height = int(match[1]), float(match[2]), int(match[3]), int(match[4])
+    size = (work / "human.icmh").stat().st_size
+    with Image.open(source_png) as image:
+        assert (width, height) == image.size
+    assert n_bytes == size > 0
+    assert bpp == pytest.approx(size * 8 / (height * width), abs=5e-5)
+    assert "mbt2018-mean-tiny" in run.stdout and "task human" in run.stdout
+    parse_frame((work / "human.icmh").read_bytes())  # a well-formed frame
+
+
+def test_encode_decode_round_trip_restores_the_original_size_and_content(decodes, work, source_png):
+    run = decodes["human"]
+    assert_ok(run)
+    original, decoded = png_array(source_png), png_array(work / "human.png")
+    assert decoded.shape == original.shape
+    size = (work / "human.icmh").stat().st_size
+    match = DECODE_LINE.search(run.stdout)
+    assert match, run.describe()
+    width, height, bpp = int(match[1]), int(match[2]), float(match[3])
+    assert (height, width) == original.shape[:2]
+    assert bpp == pytest.approx(size * 8 / (height * width), abs=5e-5)
+    quality = psnr(original, decoded)
+    assert MIN_PSNR_DB < quality < math.inf, f"PSNR {quality:.2f} dB"
+
+
+def test_odd_size_image_decodes_back_to_exactly_that_size(encodes, decodes, work):
+    assert_ok(encodes["odd"])
+    assert_ok(decodes["odd"])
+    assert "100×77" in encodes["odd"].stdout
+    with Image.open(work / "odd-decoded.png") as image:
+        assert image.size == (100, 77)
+    quality = psnr(png_array(work / "odd.png"), png_array(work / "odd-decoded.png"))
+    assert quality > MIN_PSNR_DB - 3, f"PSNR {quality:.2f} dB"
+
+
+def test_detection_with_random_weights_round_trips_and_prints_the_banner(encodes, decodes, work):
+    for run in (encodes["detection-random"], decodes["detection-random"]):
+        assert_ok(run)
+        banner = [line for line in run.stderr.splitlines() if "RANDOM WEIGHTS" in line]
+        assert len(banner) == 1, run.describe()
+        assert "random weights, seed 0" in run.stdout and "task detection" in run.stdout, run.describe()
+    header = parse_frame((work / "det-random.icmh").read_bytes()).header
+    assert header.task_id == 1 and header.has_adapters and header.quality == 1
+    with Image.open(work / "det-random.png") as image:
+        assert image.size == (192, 128)
+
+
+def test_detection_with_adapter_files_round_trips(decodes, work):
+    assert_ok(decodes["detection-adapters-same"])
+    assert "task detection" in decodes["detection-adapters-same"].stdout
+    with Image.open(work / "det-A.png") as image:
+        assert image.size == (192, 128)
+
+
+def test_decoding_with_other_adapters_is_refused(decodes, work):
+    line = assert_one_line_error(decodes["detection-adapters-other"], r"adapters")
+    assert "detection" in line
+    assert not (work / "det-B.png").exists()
+
+
+def test_decoding_a_task_frame_without_adapters_is_refused_naming_the_flags(decodes, work):
+    line = assert_one_line_error(decodes["detection-no-adapters"], r"--adapters")
+    assert "--random-weights" in line
+    assert not (work / "det-none.png").exists()
+
+
+def test_decoding_with_other_random_base_weights_is_refused(decodes, work):
+    assert_one_line_error(decodes["detection-random-other-seed"], r"weights")
+    assert not (work / "det-seed1.png").exists()
+
+
+# -- missing weights -----------------------------------------------------------------------
+def test_missing_pretrained_weights_give_one_line_naming_the_file_and_the_flags(env, work, source_png):
+    assert not any(Path(env["TORCH_HOME"]).rglob("*.pth.tar"))
+    run = run_one(["encode", source_png, "-o", work / "never.icmh", "--codec", "mbt2018-mean", "--quality", "3"],
+                  env)
+    line = assert_one_line_error(run)
+    assert "mbt2018-mean-3-723404a8.pth.tar" in line
+    assert "--codec-weights" in line and "--random-weights" in line
+    assert not (work / "never.icmh").exists()
+
+
+# -- info ----------------------------------------------------------------------------------
+INFO_CASES = [
+    ("sfma", 64, 287232),
+    ("sma", 64, 158976),
+    ("fma", 64, 128256),
+    ("sfma", 1, 5622),
+    ("sfma", 32, 138240),
+    ("sfma", 128, 622080),
+]
+
+
+@pytest.fixture(scope="module")
+def info_runs(env) -> Dict[tuple, Run]:
+    jobs = [["info", "--codec", "mbt2018-mean", "--quality", "3", "--adapter", variant, "--mid-dim", str(d), "--json"]
+            for variant, d, _ in INFO_CASES]
+    return {case[:2]: run for case, run in zip(INFO_CASES, run_many(jobs, env))}
+
+
+@pytest.mark.parametrize("variant,mid_dim,adapter_params", INFO_CASES, ids=[f"{v}-d{d}" for v, d, _ in INFO_CASES])
+def test_info_json_reports_parameter_counts(info_runs, variant, mid_dim, adapter_params):
+    run = info_runs[(variant, mid_dim)]
+    assert_ok(run)
+    report = json.loads(run.stdout)
+    assert report["codec"] == "mbt2018-mean" and report["quality"] == 3
+    assert report["adapter"] == variant and report["mid_dim"] == mid_dim
+    assert report["base_params"] == 7028003
+    assert report["adapter_params"] == adapter_params
+
+
+# -- malformed frames ----------------------------------------------------------------------
+def malformed_cases(frame: bytes, folder: Path) -> Dict[str, tuple]:
+    """name -> (input path, pattern the error line must match)."""
+    header = parse_frame(frame).header
+    rng = random.Random(0)
+    n_strings = frame[9]
+
+    def flip(data: bytes, byte: int, bit: int = 0) -> bytes:
+        out = bytearray(data)
+        out[byte] ^= 1 << bit
+        return bytes(out)
+
+    def set_byte(data: bytes, offset: int, value: int, fix_crc: bool = False) -> bytes:
+        out = bytearray(data)
+        out[offset] = value
+        return with_crc(bytes(out[:-4])) if fix_crc else bytes(out)
+
+    def set_u32(data: bytes, offset: int, value: int) -> bytes:
+        out = bytearray(data)
+        struct.pack_into(">I", out, offset, value)
+        return with_crc(bytes(out[:-4]))
+
+    def repack(**changes) -> bytes:
+        return pack_frame(dataclasses.replace(header, **changes), list(parse_frame(frame).strings))
+
+    contents = {
+        "empty-file": (b"", r"truncated"),
+        "truncated-to-1-byte": (frame[:1], r"truncated"),
+        "truncated-inside-header": (frame[:20], r"truncated"),
+        "truncated-after-lengths": (frame[:HEADER_SIZE + 4 * n_strings + 4], r"truncated|length"),
+        "truncated-to-half": (frame[: len(frame) // 2], r"truncated|length"),
+        "truncated-by-one-byte": (frame[:-1], r"truncated|length"),
+        "trailing-byte": (frame + b"\0", r"trailing"),
+        "bit-flip-in-header": (flip(frame, 6), r"CRC"),
+        "bit-flip-in-payload": (flip(frame, (HEADER_SIZE + len(frame)) // 2, 3), r"CRC"),
+        "bit-flip-in-crc": (flip(frame, len(frame) - 1, 7), r"CRC"),
+        "wrong-magic": (b"JPEG" + frame[4:], r"magic"),
+        "wrong-version-2": (set_byte(frame, 4, 2), r"version 2"),
+        "wrong-version-0-crc-fixed": (set_byte(frame, 4, 0, fix_crc=True), r"version 0"),
+        "oversized-length-crc-fixed": (set_u32(frame, HEADER_SIZE, 0xFFFFFFFF), r"length|truncated"),
+        "oversized-n-strings-crc-fixed": (set_byte(frame, 9, 255, fix_crc=True), r"n_strings"),
+        "inconsistent-latent-shape-crc-fixed": (set_byte(frame, 15, frame[15] + 1, fix_crc=True), r"latent"),
+        "random-bytes": (rng.randbytes(1000), r"magic"),
+        "random-bytes-after-magic-and-version": (MAGIC + b"\x01" + rng.randbytes(2000), r"truncated|length|CRC|n_strings"),
+        "over-the-16-MiB-limit": (bytes(16 * 1024 * 1024 + 1), r"limit|max_frame_bytes"),
+        "unknown-codec-id": (repack(codec_id=200), r"codec id 200"),
+        "unknown-task-id": (repack(task_id=9), r"task id 9"),
+        "unknown-quality": (repack(quality=9), r"quality 9"),
+        "other-base-weights": (repack(base_hash=bytes(b ^ 0xFF for b in header.base_hash)), r"weights"),
+        "altered-index-check": (repack(index_check=header.index_check ^ 1), r"indexes"),
+    }
+    cases = {}
+    for name, (data, pattern) in contents.items():
+        path = folder / f"{name}.icmh"
+        path.write_bytes(data)
+        cases[name] = (path, pattern)
+    cases["nonexistent-file"] = (folder / "does-not-exist.icmh", r"does-not-exist")
+    cases["directory-as-input"] = (folder, r"cannot read|directory")
+    return cases
+
+
+MALFORMED = [
+    "empty-file", "nonexistent-file", "directory-as-input", "truncated-to-1-byte", "truncated-inside-header",
+    "truncated-after-lengths", "truncated-to-half", "truncated-by-one-byte", "trailing-byte",
+    "bit-flip-in-header", "bit-flip-in-payload", "bit-flip-in-crc", "wrong-magic", "wrong-version-2",
+    "wrong-version-0-crc-fixed", "oversized-length-crc-fixed", "oversized-n-strings-crc-fixed",
+    "inconsistent-latent-shape-crc-fixed", "random-bytes", "random-bytes-after-magic-and-version",
+    "over-the-16-MiB-limit", "unknown-codec-id", "unknown-task-id", "unknown-quality", "other-base-weights",
+    "altered-index-check",
+]
+
+
+@pytest.fixture(scope="module")
+def malformed_runs(encodes, work, env) -> Dict[str, Run]:
+    assert_ok(encodes["human"])
+    frame = (work / "human.icmh").read_bytes()
+    folder = work / "malformed"
+    folder.mkdir()
+    cases = malformed_cases(frame, folder)
+    assert sorted(cases) == sorted(MALFORMED)
+    names = list(cases)
+    runs = run_many([["decode", cases[n][0], "-o", work / "malformed-out" / f"{n}.png"] for n in names], env)
+    return {name: (run, cases[name][1]) for name, run in zip(names, runs)}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_decoding_a_malformed_frame_fails_with_one_error_line(malformed_runs, work, case):
+    run, pattern = malformed_runs[case]
+    assert_one_line_error(run, pattern)
+    assert not (work / "malformed-out" / f"{case}.png").exists()
