@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional
@@ -88,8 +90,10 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
         raise InvalidInputError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   create .venv (exact pins from constraints.txt) and run the main job end to end
+#   make test   create .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= out/demo
+DEMO_FLAGS ?= --codec mbt2018-mean-tiny --quality 1
+
+.PHONY: venv demo test bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: venv
+	rm -rf $(DEMO_OUT)
+	$(VENV)/bin/edge-client --demo --frames 8 --task human $(DEMO_FLAGS) --save-dir $(DEMO_OUT)/frames
+	$(VENV)/bin/cloud-server --input-dir $(DEMO_OUT)/frames --output-dir $(DEMO_OUT)/decoded $(DEMO_FLAGS)
+	$(VENV)/bin/icmh info --codec mbt2018-mean --quality 3 --adapter sfma --mid-dim 64
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(VENV)/bin/icmh bench codec --codec mbt2018-mean-tiny --quality 1 --random-weights
+	$(VENV)/bin/icmh bench codec --codec mbt2018-mean --quality 3 --random-weights
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -1,0 +1,101 @@
+"""Base-codec weights: torch hub cache under the zoo's real file names, files, random, bundled."""
+
+import pickle
+
+import pytest
+import torch
+
+from shared.errors import InvalidInputError, WeightsMissingError
+from shared.models.registry import get_codec
+from shared.weights import codec_fingerprint, hub_checkpoints_dir, load_base_codec, zoo_file_name
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("ICMH_OFFLINE", "1")
+    return tmp_path
+
+
+def _locally_made_checkpoint(name: str, quality: int):
+    torch.manual_seed(123)
+    model = get_codec(name).build(quality)
+    model.update(force=True)
+    return model
+
+
+def test_zoo_file_names_are_compressais():
+    assert zoo_file_name(get_codec("mbt2018-mean"), 3) == "mbt2018-mean-3-723404a8.pth.tar"
+    assert zoo_file_name(get_codec("bmshj2018-hyperprior"), 1) == "bmshj2018-hyperprior-1-7eb97409.pth.tar"
+    assert zoo_file_name(get_codec("cheng2020-anchor"), 6).startswith("cheng2020-anchor-6-")
+
+
+def test_prefilled_torch_hub_cache_loads_offline(torch_home):
+    model = _locally_made_checkpoint("mbt2018-mean", 1)
+    folder = hub_checkpoints_dir()
+    assert folder == torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / zoo_file_name(get_codec("mbt2018-mean"), 1))
+    loaded = load_base_codec("mbt2018-mean", 1)
+    assert loaded.pretrained
+    assert loaded.fingerprint == codec_fingerprint(model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_missing_zoo_weights_name_the_file_and_the_ways_out(torch_home):
+    with pytest.raises(WeightsMissingError) as info:
+        load_base_codec("mbt2018-mean", 3)
+    message = str(info.value)
+    assert "mbt2018-mean-3-723404a8.pth.tar" in message
+    assert str(torch_home / "hub" / "checkpoints") in message
+    assert "--codec-weights" in message and "--random-weights" in message
+    assert "\n" not in message
+
+
+def test_weights_file_flag_loads_safetensors_and_torch_files(tmp_path):
+    from shared.weights import save_codec_weights
+    model = _locally_made_checkpoint("bmshj2018-hyperprior", 1)
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    assert load_base_codec("bmshj2018-hyperprior", 1, weights=tmp_path / "w.pth").fingerprint == codec_fingerprint(model)
+    save_codec_weights(model, tmp_path / "w.safetensors")
+    assert load_base_codec("bmshj2018-hyperprior", 1, weights=tmp_path / "w.safetensors").pretrained
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"weight": Evil()}, handle)
+    with pytest.raises(InvalidInputError, match="cannot read weights file"):
+        load_base_codec("mbt2018-mean", 1, weights=path)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    torch.save(_locally_made_checkpoint("mbt2018-mean", 1).state_dict(), tmp_path / "w.pth")
+    with pytest.raises(InvalidInputError, match="do not fit mbt2018-mean quality 5"):
+        load_base_codec("mbt2018-mean", 5, weights=tmp_path / "w.pth")
+
+
+def test_random_weights_are_seeded_and_labelled():
+    a = load_base_codec("mbt2018-mean", 1, random_weights=True, seed=0)
+    b = load_base_codec("mbt2018-mean", 1, random_weights=True, seed=0)
+    c = load_base_codec("mbt2018-mean", 1, random_weights=True, seed=1)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert not a.pretrained and "random weights" in a.label
+
+
+def test_bundled_tiny_codec_loads_with_its_tables():
+    loaded = load_base_codec("mbt2018-mean-tiny", 1)
+    assert loaded.pretrained and "trained by icmh" in loaded.source
+    assert loaded.model.gaussian_conditional._quantized_cdf.numel() > 0
+
+
+def test_unknown_codec_and_quality_are_clear_errors():
+    with pytest.raises(InvalidInputError, match="unknown codec 'jpeg-ai'"):
+        load_base_codec("jpeg-ai", 1)
+    with pytest.raises(InvalidInputError, match=r"cheng2020-anchor has no quality 7 \(valid: 1, 2, 3, 4, 5, 6\)"):
+        load_base_codec("cheng2020-anchor", 7)
