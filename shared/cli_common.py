@@ -56,6 +56,9 @@ def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Seque
     except IcmhError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,8 +2,11 @@
 
 Every child runs with an empty ``TORCH_HOME``, ``ICMH_OFFLINE=1`` and an 8 GiB address
 space limit (``RLIMIT_AS``, set in the child itself before it execs the CLI); its peak
-resident memory is read from the kernel (``wait4``). Children run two at a time where
-they do not depend on each other, because each spends seconds importing torch.
+resident memory is read from the kernel (``wait4``). Each child spends seconds importing
+torch, so children that do not depend on each other run side by side, and the long
+lists of cases (every malformed frame, every ``info`` variant) also run through
+``icmh.cli.main`` in ONE child each, one call per case with stdout / stderr captured
+per call; a representative sample of them runs as separate ``icmh`` processes too.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import os
 import random
 import re
 import struct
+import subprocess
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pytest
@@ -39,9 +43,11 @@ TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
 RANDOM_DET = ["--codec", "mbt2018-mean", "--quality", "1", "--random-weights"]
 AS_LIMIT = 8 << 30  # bytes of address space per child
 MAX_RSS = 3 << 30  # bytes of resident memory a child may peak at
-TIMEOUT_S = 60  # per child
+TIMEOUT_S = 60  # per child, and per case inside a batch child
+BATCH_TIMEOUT_S = 240  # a whole batch child
 PARALLEL = max(2, min(4, os.cpu_count() or 2))
 MIN_PSNR_DB = 16.0  # the trained tiny codec reaches 21-26 dB on Kodak; a broken decode ~10 dB
+BANNER = "RANDOM WEIGHTS"
 BPP_LINE = re.compile(r"(\d+) bytes, ([0-9.]+) bpp, (\d+)×(\d+)")
 DECODE_LINE = re.compile(r": (\d+)×(\d+), ([0-9.]+) bpp")
 
@@ -53,6 +59,32 @@ LAUNCHER = (
     "os.execv(sys.executable, [sys.executable, '-m', 'icmh.cli', *sys.argv[2:]])"
 )
 
+# One child, many CLI calls: ``icmh.cli.main(argv)`` per case, output captured per call.
+# Anything but a return value (an escaping exception) is printed as Python would: a traceback.
+BATCH = """
+import contextlib, io, json, resource, sys, time, traceback
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from icmh.cli import main
+results = []
+for argv in json.load(open(sys.argv[2])):
+    out, err = io.StringIO(), io.StringIO()
+    start = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                    "wall_s": time.monotonic() - start,
+                    "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+with open(sys.argv[3], "w") as handle:
+    json.dump(results, handle)
+"""
+
 
 @dataclasses.dataclass
 class Run:
@@ -63,29 +95,62 @@ class Run:
     max_rss: int  # bytes
     wall_s: float
     timed_out: bool
+    where: str = "own process"
 
     def describe(self) -> str:
-        return (f"icmh {' '.join(self.args)}\n  exit {self.returncode}, {self.wall_s:.1f} s, "
+        return (f"icmh {' '.join(self.args)} ({self.where})\n  exit {self.returncode}, {self.wall_s:.1f} s, "
                 f"peak RSS {self.max_rss / 2**20:.0f} MiB\n  stdout: {self.stdout!r}\n  stderr: {self.stderr!r}")
 
 
-def run_many(arg_lists: Sequence[Sequence[str]], env: Dict[str, str], timeout: float = TIMEOUT_S) -> List[Run]:
-    """Run ``icmh ARGS`` for every entry, ``PARALLEL`` at a time; results in input order."""
-    import subprocess
+@dataclasses.dataclass
+class Batch:
+    """Many ``icmh`` calls in one child process (see :data:`BATCH`)."""
 
-    pending = list(enumerate(arg_lists))
+    cases: Dict[str, List[str]]
+
+
+Job = Union[List[str], Batch]
+
+
+def run_many(jobs: Sequence[Job], env: Dict[str, str]) -> List[Union[Run, Dict[str, Run]]]:
+    """Run every job, ``PARALLEL`` children at a time; results in input order.
+
+    A list of arguments is one ``icmh`` process (a :class:`Run`); a :class:`Batch` is one
+    child running all its cases (a dict of :class:`Run` by case name).
+    """
+    pending = list(enumerate(jobs))
     running: Dict[int, tuple] = {}
-    results: List[Optional[Run]] = [None] * len(arg_lists)
+    results: List[object] = [None] * len(jobs)
+    with tempfile.TemporaryDirectory(prefix="icmh-cli-") as folder:
+        try:
+            _run_jobs(pending, running, results, Path(folder), env)
+        finally:  # a failure part way: end the children this started, and only those
+            for pid, entry in running.items():
+                entry[3].kill()
+                os.wait4(pid, 0)
+                entry[3].returncode = -9
+    return results  # type: ignore[return-value]
+
+
+def _run_jobs(pending: list, running: dict, results: list, scratch: Path, env: Dict[str, str]) -> None:
     while pending or running:
         while pending and len(running) < PARALLEL:
-            i, args = pending.pop(0)
+            i, job = pending.pop(0)
+            if isinstance(job, Batch):
+                names = list(job.cases)
+                (scratch / f"{i}-in.json").write_text(json.dumps([[str(a) for a in job.cases[n]] for n in names]))
+                command = [sys.executable, "-c", BATCH, str(AS_LIMIT), str(scratch / f"{i}-in.json"),
+                           str(scratch / f"{i}-out.json")]
+                timeout, args = BATCH_TIMEOUT_S, ["<batch>", *names]
+            else:
+                args = [str(a) for a in job]
+                command, timeout = [sys.executable, "-c", LAUNCHER, str(AS_LIMIT), *args], TIMEOUT_S
             out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-            proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(AS_LIMIT), *map(str, args)],
-                                    cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-            running[proc.pid] = (i, list(map(str, args)), proc, out, err, time.monotonic())
+            proc = subprocess.Popen(command, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            running[proc.pid] = (i, job, args, proc, out, err, time.monotonic(), timeout)
         time.sleep(0.05)
         for pid in list(running):
-            i, args, proc, out, err, start = running[pid]
+            i, job, args, proc, out, err, start, timeout = running[pid]
             done_pid, status, usage = os.wait4(pid, os.WNOHANG)
             timed_out = False
             if done_pid == 0:
@@ -94,20 +159,25 @@ def run_many(arg_lists: Sequence[Sequence[str]], env: Dict[str, str], timeout: f
                 proc.kill()
                 done_pid, status, usage = os.wait4(pid, 0)
                 timed_out = True
-            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, tell Popen
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
             out.seek(0)
             err.seek(0)
-            results[i] = Run(args, proc.returncode, out.read().decode(errors="replace"),
-                             err.read().decode(errors="replace"), usage.ru_maxrss * 1024,
-                             time.monotonic() - start, timed_out)
+            run = Run(args, proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                      usage.ru_maxrss * 1024, time.monotonic() - start, timed_out)
             out.close()
             err.close()
             del running[pid]
-    return results  # type: ignore[return-value]
+            results[i] = run if not isinstance(job, Batch) else batch_results(job, run, scratch / f"{i}-out.json")
 
 
-def run_one(args: Sequence[str], env: Dict[str, str]) -> Run:
-    return run_many([args], env)[0]
+def batch_results(job: Batch, child: Run, path: Path) -> Dict[str, Run]:
+    if child.timed_out or child.returncode != 0 or not path.is_file():
+        pytest.fail("batch child failed: " + child.describe())
+    results = json.loads(path.read_text())
+    assert len(results) == len(job.cases)
+    return {name: Run(r["argv"], r["code"], r["stdout"], r["stderr"], r["max_rss"], r["wall_s"],
+                      r["wall_s"] > TIMEOUT_S, where="batch child")
+            for name, r in zip(job.cases, results)}
 
 
 def assert_ok(run: Run) -> None:
@@ -116,12 +186,18 @@ def assert_ok(run: Run) -> None:
     assert run.max_rss < MAX_RSS, run.describe()
 
 
-def assert_one_line_error(run: Run, pattern: Optional[str] = None) -> str:
-    """Exit 2, exactly one stderr line ``error: ...``, no traceback, bounded time and memory."""
+def assert_one_line_error(run: Run, pattern: Optional[str] = None, banner: bool = False) -> str:
+    """Exit 2, exactly one stderr line ``error: ...``, no traceback, bounded time and memory.
+
+    With ``banner``, the random-weights banner must come first, then the one error line.
+    """
     assert not run.timed_out, f"did not finish within {TIMEOUT_S} s: " + run.describe()
     assert run.returncode == 2, run.describe()
     assert "Traceback" not in run.stderr and "Traceback" not in run.stdout, run.describe()
     lines = run.stderr.splitlines()
+    if banner:
+        assert lines and BANNER in lines[0], run.describe()
+        lines = lines[1:]
     assert len(lines) == 1 and run.stderr.endswith("\n"), run.describe()
     assert lines[0].startswith("error: ") and len(lines[0]) > len("error: "), run.describe()
     assert run.max_rss < MAX_RSS, run.describe()
@@ -194,50 +270,89 @@ def adapter_files(work) -> Dict[str, Path]:
     return files
 
 
-@pytest.fixture(scope="module")
-def encodes(work, env, source_png, adapter_files) -> Dict[str, Run]:
-    """Every encode the round-trip tests need, run side by side."""
-    with Image.open(source_png) as image:
-        odd = Image.fromarray(np.asarray(image.convert("RGB"))[100:177, 200:300])
-    odd.save(work / "odd.png")
-    assert odd.size == (100, 77)
-    with Image.open(source_png) as image:
-        image.convert("RGB").crop((0, 0, 192, 128)).save(work / "small.png")
-    jobs = {
-        "human": ["encode", source_png, "-o", work / "human.icmh", *TINY],
-        "odd": ["encode", work / "odd.png", "-o", work / "odd.icmh", *TINY],
-        "detection-random": ["encode", work / "small.png", "-o", work / "det-random.icmh",
-                             "--task", "detection", *RANDOM_DET],
-        "detection-adapters": ["encode", work / "small.png", "-o", work / "det-A.icmh",
-                               "--task", "detection", *TINY, "--adapters", adapter_files["A"]],
-    }
-    return dict(zip(jobs, run_many(list(jobs.values()), env)))
+INFO_CASES = [
+    ("sfma", 64, 287232),
+    ("sma", 64, 158976),
+    ("fma", 64, 128256),
+    ("sfma", 1, 5622),
+    ("sfma", 32, 138240),
+    ("sfma", 128, 622080),
+]
+BASE_PARAMS = 7028003  # mbt2018-mean quality 3
+
+
+def info_args(variant: str, mid_dim: int) -> List[str]:
+    return ["info", "--codec", "mbt2018-mean", "--quality", "3", "--adapter", variant, "--mid-dim", str(mid_dim),
+            "--json"]
 
 
 @pytest.fixture(scope="module")
-def decodes(work, env, encodes, adapter_files) -> Dict[str, Run]:
-    """Every decode of the round-trip and refusal tests, run side by side."""
-    jobs = {
-        "human": ["decode", work / "human.icmh", "-o", work / "human.png"],
-        "odd": ["decode", work / "odd.icmh", "-o", work / "odd-decoded.png"],
-        "detection-random": ["decode", work / "det-random.icmh", "-o", work / "det-random.png",
-                             "--random-weights", "--seed", "0"],
-        "detection-random-other-seed": ["decode", work / "det-random.icmh", "-o", work / "det-seed1.png",
-                                        "--random-weights", "--seed", "1"],
-        "detection-adapters-same": ["decode", work / "det-A.icmh", "-o", work / "det-A.png",
-                                    "--adapters", adapter_files["A"]],
-        "detection-adapters-other": ["decode", work / "det-A.icmh", "-o", work / "det-B.png",
-                                     "--adapters", adapter_files["B"]],
-        "detection-no-adapters": ["decode", work / "det-A.icmh", "-o", work / "det-none.png"],
+def phase1(work, env, source_png, adapter_files) -> Dict[str, object]:
+    """Every child that needs no frame: the encodes, missing weights, info; side by side."""
+    with Image.open(source_png) as image:
+        rgb = image.convert("RGB")
+        Image.fromarray(np.asarray(rgb)[100:177, 200:300]).save(work / "odd.png")
+        rgb.crop((0, 0, 192, 128)).save(work / "small.png")
+    with Image.open(work / "odd.png") as odd:
+        assert odd.size == (100, 77)
+    jobs: Dict[str, Job] = {
+        "info-batch": Batch({f"{v}-d{d}": info_args(v, d) for v, d, _ in INFO_CASES}),
+        "encode-human": ["encode", source_png, "-o", work / "human.icmh", *TINY],
+        "encode-odd": ["encode", work / "odd.png", "-o", work / "odd.icmh", *TINY],
+        "encode-detection-random": ["encode", work / "small.png", "-o", work / "det-random.icmh",
+                                    "--task", "detection", *RANDOM_DET],
+        "encode-detection-adapters": ["encode", work / "small.png", "-o", work / "det-A.icmh",
+                                      "--task", "detection", *TINY, "--adapters", adapter_files["A"]],
+        "missing-weights": ["encode", source_png, "-o", work / "never.icmh", "--codec", "mbt2018-mean",
+                            "--quality", "3"],
+        "info-sfma-d64": info_args("sfma", 64),
     }
-    for name, run in encodes.items():
-        assert_ok(run)
+    assert not any(Path(env["TORCH_HOME"]).rglob("*.pth.tar"))
     return dict(zip(jobs, run_many(list(jobs.values()), env)))
+
+
+# Malformed frames that also run as their own ``icmh decode`` process (all run in the batch).
+MALFORMED_OWN_PROCESS = [
+    "empty-file", "nonexistent-file", "directory-as-input", "truncated-to-half", "bit-flip-in-payload",
+    "wrong-magic", "wrong-version-2", "oversized-length-crc-fixed", "over-the-16-MiB-limit", "altered-index-check",
+]
+
+
+@pytest.fixture(scope="module")
+def phase2(work, env, phase1, adapter_files) -> Dict[str, object]:
+    """Every child that decodes a frame from phase 1: round trips, refusals, malformed frames."""
+    for name in ("encode-human", "encode-odd", "encode-detection-random", "encode-detection-adapters"):
+        assert_ok(phase1[name])
+    folder = work / "malformed"
+    folder.mkdir()
+    cases = malformed_cases((work / "human.icmh").read_bytes(), folder)
+    assert sorted(cases) == sorted(MALFORMED)
+    out = work / "out"
+    refusals = {name: ["decode", cases[name][0], "-o", out / f"{name}.png"] for name in MALFORMED}
+    refusals["detection-random-other-seed"] = ["decode", work / "det-random.icmh", "-o", out / "det-seed1.png",
+                                               "--random-weights", "--seed", "1"]
+    refusals["detection-no-adapters"] = ["decode", work / "det-A.icmh", "-o", out / "det-none.png"]
+    jobs: Dict[str, Job] = {
+        "refusal-batch": Batch(refusals),
+        "decode-human": ["decode", work / "human.icmh", "-o", work / "human.png"],
+        "decode-odd": ["decode", work / "odd.icmh", "-o", work / "odd-decoded.png"],
+        "decode-detection-random": ["decode", work / "det-random.icmh", "-o", work / "det-random.png",
+                                    "--random-weights", "--seed", "0"],
+        "decode-detection-adapters-same": ["decode", work / "det-A.icmh", "-o", work / "det-A.png",
+                                           "--adapters", adapter_files["A"]],
+        "decode-detection-adapters-other": ["decode", work / "det-A.icmh", "-o", work / "det-B.png",
+                                            "--adapters", adapter_files["B"]],
+    }
+    for name in MALFORMED_OWN_PROCESS:
+        jobs[f"malformed-{name}"] = ["decode", cases[name][0], "-o", out / f"own-{name}.png"]
+    results = dict(zip(jobs, run_many(list(jobs.values()), env)))
+    results["patterns"] = {name: pattern for name, (_, pattern) in cases.items()}
+    return results
 
 
 # -- round trips ---------------------------------------------------------------------------
-def test_encode_prints_the_bpp_of_the_whole_file(encodes, work, source_png):
-    run = encodes["human"]
+def test_encode_prints_the_bpp_of_the_whole_file(phase1, work, source_png):
+    run = phase1["encode-human"]
     assert_ok(run)
     match = BPP_LINE.search(run.stdout)
     assert match, run.describe()
@@ -248,11 +363,12 @@ def test_encode_prints_the_bpp_of_the_whole_file(encodes, work, source_png):
     assert n_bytes == size > 0
     assert bpp == pytest.approx(size * 8 / (height * width), abs=5e-5)
     assert "mbt2018-mean-tiny" in run.stdout and "task human" in run.stdout
+    assert BANNER not in run.stderr
     parse_frame((work / "human.icmh").read_bytes())  # a well-formed frame
 
 
-def test_encode_decode_round_trip_restores_the_original_size_and_content(decodes, work, source_png):
-    run = decodes["human"]
+def test_encode_decode_round_trip_restores_the_original_size_and_content(phase2, work, source_png):
+    run = phase2["decode-human"]
     assert_ok(run)
     original, decoded = png_array(source_png), png_array(work / "human.png")
     assert decoded.shape == original.shape
@@ -266,20 +382,20 @@ def test_encode_decode_round_trip_restores_the_original_size_and_content(decodes
     assert MIN_PSNR_DB < quality < math.inf, f"PSNR {quality:.2f} dB"
 
 
-def test_odd_size_image_decodes_back_to_exactly_that_size(encodes, decodes, work):
-    assert_ok(encodes["odd"])
-    assert_ok(decodes["odd"])
-    assert "100×77" in encodes["odd"].stdout
+def test_odd_size_image_decodes_back_to_exactly_that_size(phase1, phase2, work):
+    assert_ok(phase1["encode-odd"])
+    assert_ok(phase2["decode-odd"])
+    assert "100×77" in phase1["encode-odd"].stdout
     with Image.open(work / "odd-decoded.png") as image:
         assert image.size == (100, 77)
     quality = psnr(png_array(work / "odd.png"), png_array(work / "odd-decoded.png"))
     assert quality > MIN_PSNR_DB - 3, f"PSNR {quality:.2f} dB"
 
 
-def test_detection_with_random_weights_round_trips_and_prints_the_banner(encodes, decodes, work):
-    for run in (encodes["detection-random"], decodes["detection-random"]):
+def test_detection_with_random_weights_round_trips_and_prints_the_banner(phase1, phase2, work):
+    for run in (phase1["encode-detection-random"], phase2["decode-detection-random"]):
         assert_ok(run)
-        banner = [line for line in run.stderr.splitlines() if "RANDOM WEIGHTS" in line]
+        banner = [line for line in run.stderr.splitlines() if BANNER in line]
         assert len(banner) == 1, run.describe()
         assert "random weights, seed 0" in run.stdout and "task detection" in run.stdout, run.describe()
     header = parse_frame((work / "det-random.icmh").read_bytes()).header
@@ -288,68 +404,56 @@ def test_detection_with_random_weights_round_trips_and_prints_the_banner(encodes
         assert image.size == (192, 128)
 
 
-def test_detection_with_adapter_files_round_trips(decodes, work):
-    assert_ok(decodes["detection-adapters-same"])
-    assert "task detection" in decodes["detection-adapters-same"].stdout
+def test_detection_with_adapter_files_round_trips(phase1, phase2, work):
+    assert_ok(phase2["decode-detection-adapters-same"])
+    assert "task detection" in phase2["decode-detection-adapters-same"].stdout
+    assert BANNER not in phase1["encode-detection-adapters"].stderr
     with Image.open(work / "det-A.png") as image:
         assert image.size == (192, 128)
 
 
-def test_decoding_with_other_adapters_is_refused(decodes, work):
-    line = assert_one_line_error(decodes["detection-adapters-other"], r"adapters")
+def test_decoding_with_other_adapters_is_refused(phase2, work):
+    line = assert_one_line_error(phase2["decode-detection-adapters-other"], r"adapters")
     assert "detection" in line
     assert not (work / "det-B.png").exists()
 
 
-def test_decoding_a_task_frame_without_adapters_is_refused_naming_the_flags(decodes, work):
-    line = assert_one_line_error(decodes["detection-no-adapters"], r"--adapters")
+def test_decoding_a_task_frame_without_adapters_is_refused_naming_the_flags(phase2, work):
+    line = assert_one_line_error(phase2["refusal-batch"]["detection-no-adapters"], r"--adapters")
     assert "--random-weights" in line
-    assert not (work / "det-none.png").exists()
+    assert not (work / "out" / "det-none.png").exists()
 
 
-def test_decoding_with_other_random_base_weights_is_refused(decodes, work):
-    assert_one_line_error(decodes["detection-random-other-seed"], r"weights")
-    assert not (work / "det-seed1.png").exists()
+def test_decoding_with_other_random_base_weights_is_refused(phase2, work):
+    assert_one_line_error(phase2["refusal-batch"]["detection-random-other-seed"], r"weights", banner=True)
+    assert not (work / "out" / "det-seed1.png").exists()
 
 
 # -- missing weights -----------------------------------------------------------------------
-def test_missing_pretrained_weights_give_one_line_naming_the_file_and_the_flags(env, work, source_png):
-    assert not any(Path(env["TORCH_HOME"]).rglob("*.pth.tar"))
-    run = run_one(["encode", source_png, "-o", work / "never.icmh", "--codec", "mbt2018-mean", "--quality", "3"],
-                  env)
-    line = assert_one_line_error(run)
+def test_missing_pretrained_weights_give_one_line_naming_the_file_and_the_flags(phase1, work):
+    line = assert_one_line_error(phase1["missing-weights"])
     assert "mbt2018-mean-3-723404a8.pth.tar" in line
     assert "--codec-weights" in line and "--random-weights" in line
     assert not (work / "never.icmh").exists()
 
 
 # -- info ----------------------------------------------------------------------------------
-INFO_CASES = [
-    ("sfma", 64, 287232),
-    ("sma", 64, 158976),
-    ("fma", 64, 128256),
-    ("sfma", 1, 5622),
-    ("sfma", 32, 138240),
-    ("sfma", 128, 622080),
-]
-
-
-@pytest.fixture(scope="module")
-def info_runs(env) -> Dict[tuple, Run]:
-    jobs = [["info", "--codec", "mbt2018-mean", "--quality", "3", "--adapter", variant, "--mid-dim", str(d), "--json"]
-            for variant, d, _ in INFO_CASES]
-    return {case[:2]: run for case, run in zip(INFO_CASES, run_many(jobs, env))}
-
-
-@pytest.mark.parametrize("variant,mid_dim,adapter_params", INFO_CASES, ids=[f"{v}-d{d}" for v, d, _ in INFO_CASES])
-def test_info_json_reports_parameter_counts(info_runs, variant, mid_dim, adapter_params):
-    run = info_runs[(variant, mid_dim)]
+def check_info(run: Run, variant: str, mid_dim: int, adapter_params: int) -> None:
     assert_ok(run)
     report = json.loads(run.stdout)
     assert report["codec"] == "mbt2018-mean" and report["quality"] == 3
     assert report["adapter"] == variant and report["mid_dim"] == mid_dim
-    assert report["base_params"] == 7028003
+    assert report["base_params"] == BASE_PARAMS
     assert report["adapter_params"] == adapter_params
+
+
+def test_info_json_in_its_own_process_reports_parameter_counts(phase1):
+    check_info(phase1["info-sfma-d64"], "sfma", 64, 287232)
+
+
+@pytest.mark.parametrize("variant,mid_dim,adapter_params", INFO_CASES, ids=[f"{v}-d{d}" for v, d, _ in INFO_CASES])
+def test_info_json_reports_parameter_counts(phase1, variant, mid_dim, adapter_params):
+    check_info(phase1["info-batch"][f"{variant}-d{mid_dim}"], variant, mid_dim, adapter_params)
 
 
 # -- malformed frames ----------------------------------------------------------------------
@@ -395,7 +499,8 @@ def malformed_cases(frame: bytes, folder: Path) -> Dict[str, tuple]:
         "oversized-n-strings-crc-fixed": (set_byte(frame, 9, 255, fix_crc=True), r"n_strings"),
         "inconsistent-latent-shape-crc-fixed": (set_byte(frame, 15, frame[15] + 1, fix_crc=True), r"latent"),
         "random-bytes": (rng.randbytes(1000), r"magic"),
-        "random-bytes-after-magic-and-version": (MAGIC + b"\x01" + rng.randbytes(2000), r"truncated|length|CRC|n_strings"),
+        "random-bytes-after-magic-and-version": (MAGIC + b"\x01" + rng.randbytes(2000),
+                                                 r"truncated|length|CRC|n_strings"),
         "over-the-16-MiB-limit": (bytes(16 * 1024 * 1024 + 1), r"limit|max_frame_bytes"),
         "unknown-codec-id": (repack(codec_id=200), r"codec id 200"),
         "unknown-task-id": (repack(task_id=9), r"task id 9"),
@@ -424,21 +529,13 @@ MALFORMED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def malformed_runs(encodes, work, env) -> Dict[str, Run]:
-    assert_ok(encodes["human"])
-    frame = (work / "human.icmh").read_bytes()
-    folder = work / "malformed"
-    folder.mkdir()
-    cases = malformed_cases(frame, folder)
-    assert sorted(cases) == sorted(MALFORMED)
-    names = list(cases)
-    runs = run_many([["decode", cases[n][0], "-o", work / "malformed-out" / f"{n}.png"] for n in names], env)
-    return {name: (run, cases[name][1]) for name, run in zip(names, runs)}
-
-
 @pytest.mark.parametrize("case", MALFORMED)
-def test_decoding_a_malformed_frame_fails_with_one_error_line(malformed_runs, work, case):
-    run, pattern = malformed_runs[case]
-    assert_one_line_error(run, pattern)
-    assert not (work / "malformed-out" / f"{case}.png").exists()
+def test_decoding_a_malformed_frame_fails_with_one_error_line(phase2, work, case):
+    assert_one_line_error(phase2["refusal-batch"][case], phase2["patterns"][case])
+    assert not (work / "out" / f"{case}.png").exists()
+
+
+@pytest.mark.parametrize("case", MALFORMED_OWN_PROCESS)
+def test_decode_process_given_a_malformed_frame_exits_2_with_one_error_line(phase2, work, case):
+    assert_one_line_error(phase2[f"malformed-{case}"], phase2["patterns"][case])
+    assert not (work / "out" / f"own-{case}.png").exists()
