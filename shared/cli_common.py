@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from .codec_loader import DEFAULT_CODEC, DEFAULT_QUALITY, CodecOptions
-from .errors import IcmhError
+from .errors import IcmhError, InvalidInputError
 from .models.registry import CODECS
 from .weights import RANDOM_WEIGHTS_WARNING
 
@@ -42,6 +42,33 @@ def codec_options(args: argparse.Namespace, codec: Optional[str] = None, quality
         codec=codec or args.codec, quality=quality or args.quality, codec_weights=args.codec_weights,
         random_weights=args.random_weights, seed=args.seed, device=args.device, adapters=list(args.adapters),
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def check_file_output(path: Path) -> None:
+    """Raise :class:`InvalidInputError` if ``path`` is a directory (checked before any work)."""
+    if path.is_dir():
+        raise InvalidInputError(f"output {path} is a directory; give a file name")
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (creating folders); raises :class:`InvalidInputError` on failure."""
+    check_file_output(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write {path}: {exc.strerror}") from None
 
 
 def warn_random_weights(what: str) -> None:

@@ -32,10 +32,26 @@ def to_uint8(image: Tensor) -> Tensor:
     return image.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
+def check_image_output(path: Path) -> None:
+    """Raise :class:`InvalidInputError` unless ``path`` can take an image (checked before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise InvalidInputError(f"output {path} is a directory; give an image file name such as out.png")
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise InvalidInputError(f"output {path} has no image suffix Pillow can write (use .png)")
+
+
 def save_image(image: Tensor, path: Path) -> None:
-    """Write a 3×H×W float image in [0, 1] (PNG or any format Pillow knows by suffix)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    to_pil_image(to_uint8(image)).save(path)
+    """Write a 3×H×W float image in [0, 1] (PNG or any format Pillow knows by suffix).
+
+    Raises :class:`InvalidInputError` if the path cannot take an image or cannot be written.
+    """
+    check_image_output(path)
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        to_pil_image(to_uint8(image)).save(path)
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot write image {path}: {exc}") from None
 
 
 def pad_to_block(x: Tensor, block: int = BLOCK) -> Tensor:

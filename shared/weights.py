@@ -94,7 +94,11 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
                 warnings.simplefilter("ignore")
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        raise InvalidInputError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from None
+        kind = "safetensors" if path.suffix == ".safetensors" else "plain tensor state dict"
+        raise InvalidInputError(
+            f"cannot read weights file {path}: not a {kind} ({type(exc).__name__}); "
+            f"files holding pickled objects are refused"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -539,3 +539,41 @@ def test_decoding_a_malformed_frame_fails_with_one_error_line(phase2, work, case
 def test_decode_process_given_a_malformed_frame_exits_2_with_one_error_line(phase2, work, case):
     assert_one_line_error(phase2[f"malformed-{case}"], phase2["patterns"][case])
     assert not (work / "out" / f"own-{case}.png").exists()
+
+
+# -- unusable outputs and arguments are refused before any work, in one line ------------------
+@pytest.mark.parametrize("argv,fragment", [
+    (["encode", "{png}", "-o", "{tmp}", "--codec", "mbt2018-mean-tiny", "--quality", "1"], "is a directory"),
+    (["decode", "{frame}", "-o", "{tmp}/out.xyz"], "no image suffix"),
+    (["decode", "{frame}", "-o", "{tmp}"], "is a directory"),
+    (["encode", "{png}", "-o", "{tmp}/a.icmh", "--codec", "mbt2018-mean-tiny", "--quality", "1",
+      "--codec-weights", "{png}"], "pickled objects are refused"),
+])
+def test_unusable_outputs_and_inputs_end_in_one_error_line(capsys, tmp_path, argv, fragment):
+    from shared.frame_codec import FrameCodec
+    from shared.images import save_image
+    from shared.tasks import Task
+    from shared.weights import load_base_codec
+    from conftest import smooth_image
+
+    png, frame = tmp_path / "in.png", tmp_path / "in.icmh"
+    image = smooth_image(40, 50)
+    save_image(image, png)
+    frame.write_bytes(FrameCodec(load_base_codec("mbt2018-mean-tiny", 1)).encode([image], Task.HUMAN)[0].data)
+    args = [a.format(png=png, frame=frame, tmp=tmp_path) for a in argv]
+    from icmh.cli import main
+
+    status = main(args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], lines
+    assert not (tmp_path / "out.xyz").exists()
+
+
+def test_zero_adapter_bottleneck_is_a_usage_error(capsys):
+    from icmh.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["info", "--mid-dim", "0"])
+    assert info.value.code == 2
+    assert "--mid-dim: must be >= 1" in capsys.readouterr().err

@@ -62,22 +62,22 @@ def kodak_images() -> List[Path]:
     return sorted(folder.glob("kodim*.png")) if folder.is_dir() else []
 
 
-def smooth_image(height: int, width: int, seed: int) -> torch.Tensor:
-    """A synthetic smooth 3×H×W image in [0, 1] (content-dependent, unlike noise)."""
+def smooth_image(height: int, width: int, seed: int, cell: int = 24) -> torch.Tensor:
+    """A synthetic smooth 3×H×W image in [0, 1]; smaller ``cell`` means more detail."""
     generator = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, max(1, height // 24), max(1, width // 24), generator=generator)
+    low = torch.rand(1, 3, max(1, height // cell), max(1, width // cell), generator=generator)
     return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic",
                                            align_corners=False)[0].clamp(0, 1)
 
 
 def synthetic_images(folder: Path) -> List[Path]:
-    """Six smooth PNGs: three 192×320 and three 320×192 (so batches of 3 form)."""
+    """Six smooth PNGs with more or less detail: three 192×320 and three 320×192 (batches of 3 form)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for seed in range(6):
         height, width = (192, 320) if seed < 3 else (320, 192)
         path = folder / f"synthetic{seed:02d}.png"
-        save_image(smooth_image(height, width, seed), path)
+        save_image(smooth_image(height, width, seed, cell=(48, 16, 6)[seed % 3]), path)
         paths.append(path)
     return paths
 

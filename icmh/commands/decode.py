@@ -9,7 +9,7 @@ from shared.bitstream import parse_frame
 from shared.cli_common import add_weight_options, codec_options, warn_random_weights
 from shared.codec_loader import open_frame_codec
 from shared.errors import InvalidInputError
-from shared.images import save_image
+from shared.images import check_image_output, save_image
 from shared.models.registry import codec_by_wire_id
 from shared.tasks import Task
 
@@ -37,6 +37,7 @@ def read_frame_file(path: Path) -> bytes:
 
 def run(args: argparse.Namespace) -> int:
     """Decode ``args.bitstream`` to ``args.output``; returns 0."""
+    check_image_output(args.output)
     data = read_frame_file(args.bitstream)
     header = parse_frame(data).header
     spec = codec_by_wire_id(header.codec_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from shared.cli_common import add_codec_options, codec_options, warn_random_weights
+from shared.cli_common import add_codec_options, check_file_output, codec_options, warn_random_weights, write_output
 from shared.codec_loader import open_frame_codec
 from shared.images import load_image
 from shared.tasks import Task
@@ -29,13 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Encode ``args.image`` to ``args.output``; returns 0."""
     task = Task.parse(args.task)
+    check_file_output(args.output)
     image = load_image(args.image)
     if args.random_weights:
         warn_random_weights("encode")
     frame_codec = open_frame_codec(codec_options(args), [task])
     frame = frame_codec.encode([image], task)[0]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_bytes(frame.data)
+    write_output(args.output, frame.data)
     print(f"{args.output}: {len(frame.data)} bytes, {frame.bpp:.4f} bpp, {frame.width}×{frame.height}, "
           f"task {task.value}, {frame_codec.loaded.label}")
     return 0

@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 import torch
 
+from shared.cli_common import positive_int
 from shared.models.adapted import AdaptedCodec, AdapterConfig
 from shared.models.adapters import ADAPTER_VARIANTS
 from shared.models.complexity import measure
@@ -24,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Needs no weights.",
     )
     parser.add_argument("--codec", default="mbt2018-mean", choices=sorted(CODECS), help="base codec")
-    parser.add_argument("--quality", type=int, default=3, help="quality level (default: 3)")
+    parser.add_argument("--quality", type=positive_int, default=3, help="quality level (default: 3)")
     parser.add_argument("--adapter", default="sfma", choices=sorted(ADAPTER_VARIANTS), help="adapter variant")
-    parser.add_argument("--mid-dim", type=int, default=64, help="adapter bottleneck d (default: 64)")
+    parser.add_argument("--mid-dim", type=positive_int, default=64, help="adapter bottleneck d (default: 64)")
     parser.add_argument("--decoder-position", default=None, help="where decoder adapters sit (codec default)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
