@@ -30,8 +30,9 @@ def kodak_dir(data_dir: Path) -> Path:
     return folder
 
 
-def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """A synthetic smooth 3×H×W image in [0, 1] (content-dependent, unlike noise)."""
+def smooth_image(height: int, width: int, seed: int = 0, cell: int = 16) -> torch.Tensor:
+    """A synthetic smooth 3×H×W image in [0, 1]; smaller ``cell`` means more detail."""
     generator = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, max(1, height // 16), max(1, width // 16), generator=generator)
-    return torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[0]
+    low = torch.rand(1, 3, max(1, height // cell), max(1, width // cell), generator=generator)
+    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic",
+                                           align_corners=False)[0].clamp(0, 1)

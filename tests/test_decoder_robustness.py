@@ -43,6 +43,8 @@ from shared.paths import default_data_dir  # noqa: E402
 from shared.tasks import Task  # noqa: E402
 from shared.weights import BUNDLED_DIR, load_base_codec  # noqa: E402
 
+from conftest import smooth_image  # noqa: E402
+
 TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
 CROP_H, CROP_W = 128, 192
 MAX_DECODED_SIDE = 256
@@ -72,9 +74,7 @@ def crop() -> torch.Tensor:
     if path.is_file():
         return load_image(path)[:, :CROP_H, :CROP_W]
     print(f"{path} not found (set ICMH_DATA_DIR): fuzzing a frame of a synthetic smooth image instead")
-    generator = torch.Generator().manual_seed(0)
-    low = torch.rand(1, 3, CROP_H // 16, CROP_W // 16, generator=generator)
-    return torch.nn.functional.interpolate(low, size=(CROP_H, CROP_W), mode="bilinear", align_corners=False)[0]
+    return smooth_image(CROP_H, CROP_W)
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,8 @@ from shared.paths import default_data_dir  # noqa: E402
 from shared.tasks import Task  # noqa: E402
 from shared.weights import BUNDLED_DIR, load_base_codec  # noqa: E402
 
+from conftest import smooth_image  # noqa: E402
+
 WORKER = Path(__file__).resolve().parent / "roundtrip_worker.py"
 TINY = ("mbt2018-mean-tiny", 1)
 TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
@@ -60,14 +62,6 @@ def kodak_folder() -> Path:
 def kodak_images() -> List[Path]:
     folder = kodak_folder()
     return sorted(folder.glob("kodim*.png")) if folder.is_dir() else []
-
-
-def smooth_image(height: int, width: int, seed: int, cell: int = 24) -> torch.Tensor:
-    """A synthetic smooth 3×H×W image in [0, 1]; smaller ``cell`` means more detail."""
-    generator = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, max(1, height // cell), max(1, width // cell), generator=generator)
-    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic",
-                                           align_corners=False)[0].clamp(0, 1)
 
 
 def synthetic_images(folder: Path) -> List[Path]:
