@@ -7,13 +7,14 @@ gRPC streaming to the cloud server is the next step of the project.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shared.cli_common import add_codec_options, codec_options, run_cli, warn_random_weights
+from shared.cli_common import add_codec_options, codec_options, positive_int, run_cli, warn_random_weights
 from shared.codec_loader import open_frame_codec
 from shared.tasks import Task
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--demo", action="store_true", help="built-in moving scene (default; needs nothing)")
     parser.add_argument("--task", default=Task.DETECTION.value, choices=[t.value for t in Task],
                         help="task the frames are coded for (default: detection)")
-    parser.add_argument("--frames", type=int, default=None, help="stop after N frames (demo default: 16)")
+    parser.add_argument("--frames", type=positive_int, default=None, help="stop after N frames (demo default: 16)")
     parser.add_argument("--save-dir", type=Path, required=True, help="folder for frame_NNNNNN.icmh files")
     add_codec_options(parser)
     return parser
@@ -55,7 +56,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     task = Task.parse(args.task)
     if args.random_weights:
         warn_random_weights("edge-client")
-    frames = _source(args)
+    frames = iter(_source(args))
+    first = next(frames, None)  # opens the source (and reports a bad one) before the codec loads
+    if first is None:
+        print("no frames were captured", file=sys.stderr)
+        return 1
+    frames = itertools.chain([first], frames)
     frame_codec = open_frame_codec(codec_options(args), [task])
     args.save_dir.mkdir(parents=True, exist_ok=True)
     bpps, times = [], []
@@ -68,9 +74,6 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\rframes {index + 1}  mean bpp {statistics.mean(bpps):.4f}  "
               f"encode {1e3 * statistics.median(times):.0f} ms", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    if not bpps:
-        print("no frames were captured", file=sys.stderr)
-        return 1
     print(f"{len(bpps)} frames ({task.value}, {frame_codec.loaded.label}) -> {args.save_dir}: "
           f"mean {statistics.mean(bpps):.4f} bpp, median encode {1e3 * statistics.median(times):.1f} ms")
     return 0

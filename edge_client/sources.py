@@ -7,6 +7,7 @@ Each source is an iterator of 3×H×W float RGB tensors in [0, 1], registered in
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional
 
@@ -51,6 +52,14 @@ def image_folder_frames(folder: Path, limit: Optional[int] = None) -> Iterator[T
         yield load_image(path)
 
 
+def _cv2():
+    """Import OpenCV with its own console logging off (failures are reported as one error line)."""
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    import cv2
+
+    return cv2
+
+
 def _capture_frames(capture, what: str, limit: Optional[int]) -> Iterator[Tensor]:
     if not capture.isOpened():
         raise InvalidInputError(f"{what} could not be opened")
@@ -68,8 +77,7 @@ def _capture_frames(capture, what: str, limit: Optional[int]) -> Iterator[Tensor
 
 def video_frames(path: Path, limit: Optional[int] = None) -> Iterator[Tensor]:
     """The frames of a video file (OpenCV)."""
-    import cv2
-
+    cv2 = _cv2()
     if not Path(path).is_file():
         raise InvalidInputError(f"video file {path} does not exist")
     return _capture_frames(cv2.VideoCapture(str(path)), f"video {path}", limit)
@@ -77,8 +85,7 @@ def video_frames(path: Path, limit: Optional[int] = None) -> Iterator[Tensor]:
 
 def camera_frames(index: int, limit: Optional[int] = None) -> Iterator[Tensor]:
     """Live frames of camera ``index`` (OpenCV)."""
-    import cv2
-
+    cv2 = _cv2()
     return _capture_frames(cv2.VideoCapture(int(index)), f"camera {index}", limit)
 
 
