@@ -52,6 +52,16 @@ ArrayLike = Union[Sequence[float], np.ndarray]
 Curve = Tuple[np.ndarray, np.ndarray]
 
 
+def _checked_curves(anchor_rate: ArrayLike, anchor_metric: ArrayLike, test_rate: ArrayLike,
+                    test_metric: ArrayLike, method: str):
+    """Validate the method and both curves; returns ``(method, a_rate, a_metric, t_rate, t_metric)``."""
+    method = _check_method(method)
+    a_rate, a_metric = _curve(anchor_rate, anchor_metric, "anchor", method)
+    t_rate, t_metric = _curve(test_rate, test_metric, "test", method)
+    _check_same_direction(a_metric, t_metric)
+    return method, a_rate, a_metric, t_rate, t_metric
+
+
 def bd_rate(anchor_rate: ArrayLike, anchor_metric: ArrayLike, test_rate: ArrayLike, test_metric: ArrayLike,
             method: str = DEFAULT_METHOD) -> float:
     """BD-rate of the test curve against the anchor curve.
@@ -69,10 +79,8 @@ def bd_rate(anchor_rate: ArrayLike, anchor_metric: ArrayLike, test_rate: ArrayLi
             repeated rate or metric value; a curve that is not strictly monotonic; or
             curves whose metric ranges do not overlap.
     """
-    method = _check_method(method)
-    a_rate, a_metric = _curve(anchor_rate, anchor_metric, "anchor", method)
-    t_rate, t_metric = _curve(test_rate, test_metric, "test", method)
-    _check_same_direction(a_metric, t_metric)
+    method, a_rate, a_metric, t_rate, t_metric = _checked_curves(anchor_rate, anchor_metric, test_rate,
+                                                                 test_metric, method)
     mean_gap = _mean_gap(a_metric, np.log(a_rate), t_metric, np.log(t_rate), method,
                          axis="metric", show=lambda v: f"{v:.6g}")
     return math.expm1(mean_gap) * 100.0
@@ -95,10 +103,8 @@ def bd_metric(anchor_rate: ArrayLike, anchor_metric: ArrayLike, test_rate: Array
             repeated rate or metric value; a curve that is not strictly monotonic; or
             curves whose rate ranges do not overlap.
     """
-    method = _check_method(method)
-    a_rate, a_metric = _curve(anchor_rate, anchor_metric, "anchor", method)
-    t_rate, t_metric = _curve(test_rate, test_metric, "test", method)
-    _check_same_direction(a_metric, t_metric)
+    method, a_rate, a_metric, t_rate, t_metric = _checked_curves(anchor_rate, anchor_metric, test_rate,
+                                                                 test_metric, method)
     return _mean_gap(np.log(a_rate), a_metric, np.log(t_rate), t_metric, method,
                      axis="rate", show=lambda v: f"{math.exp(v):.6g}")
 
@@ -237,7 +243,8 @@ def _mean_gap(anchor_x: np.ndarray, anchor_y: np.ndarray, test_x: np.ndarray, te
             f"the curves share no {axis} range (anchor {show(anchor_x.min())}–{show(anchor_x.max())}, "
             f"test {show(test_x.min())}–{show(test_x.max())}); BD needs overlapping curves")
     origin = 0.5 * (low + high)  # fit around the middle of the range: better conditioned, same polynomial
-    gap = _integral(test_x, test_y, low, high, method, origin) - _integral(anchor_x, anchor_y, low, high, method, origin)
+    gap = _integral(test_x, test_y, low, high, method, origin) \
+        - _integral(anchor_x, anchor_y, low, high, method, origin)
     return float(gap / (high - low))
 
 
