@@ -1,46 +1,63 @@
-"""``cloud-server``: decode frames with the task adapters.
-
-This version decodes a folder of frames written by ``edge-client --save-dir`` (offline
-mode): one PNG and one JSON line per frame. The gRPC service, task models and metrics
-are the next step of the project.
-"""
+"""``cloud-server``: the gRPC inference service, or an offline decode of a frame folder."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shared.cli_common import add_codec_options, codec_options, run_cli, warn_random_weights
+from shared.cli_common import add_codec_options, codec_options, positive_int, run_cli, warn_random_weights
 from shared.codec_loader import open_frame_codec
 from shared.errors import IcmhError, InvalidInputError
 from shared.images import save_image
 from shared.tasks import Task
+
+from .backends.base import families
+from .server import ServerConfig, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cloud-server`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="cloud-server",
-        description="Decode frames with the base codec and the decoder adapters of each frame's task. "
-                    "Offline mode: every .icmh file of --input-dir becomes a PNG in --output-dir and a line "
-                    "of results.jsonl; a bad frame gets an error line and the rest go on.",
+        description="Serve icmh.v1.InferenceService over gRPC: decode each frame with the decoder adapters of its "
+                    "task, run the task model (detection, segmentation, classification; human returns the image) "
+                    "and answer; Prometheus metrics on --metrics-port. With --input-dir, decode a folder of "
+                    "frames offline instead (PNG + results.jsonl).",
     )
-    parser.add_argument("--input-dir", type=Path, required=True, help="folder of .icmh frames")
-    parser.add_argument("--output-dir", type=Path, required=True, help="folder for PNGs and results.jsonl")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; "
+                        "use 0.0.0.0 only with TLS and tokens, see the deployment section of the README)")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one; default 50051)")
+    parser.add_argument("--metrics-port", type=int, default=9100,
+                        help="Prometheus port (0: pick a free one; -1: off; default 9100)")
+    parser.add_argument("--tasks", default=",".join(t.value for t in Task),
+                        help="comma-separated tasks to serve (default: all that have adapters)")
+    parser.add_argument("--max-pending", type=positive_int, default=32,
+                        help="frames waiting or running at once before RESOURCE_EXHAUSTED (default 32)")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight frames get on SIGTERM")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="detection score threshold")
+    parser.add_argument("--backend", default="torchvision", choices=families(),
+                        help="task model family (detectron2 where installed; default torchvision)")
+    parser.add_argument("--detector-min-size", type=positive_int, default=None,
+                        help="detector input short side (default: the model's 800)")
+    parser.add_argument("--log-frames", action="store_true", help="log one line per frame (default: per stream)")
+    parser.add_argument("--input-dir", type=Path, help="offline mode: folder of .icmh frames to decode")
+    parser.add_argument("--output-dir", type=Path, help="offline mode: folder for PNGs and results.jsonl")
     add_codec_options(parser)
     return parser
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def decode_folder(args: argparse.Namespace) -> int:
+    """Offline mode: every .icmh file of ``--input-dir`` becomes a PNG and a line of results.jsonl."""
+    if args.output_dir is None:
+        raise InvalidInputError("--input-dir needs --output-dir")
     files = sorted(args.input_dir.glob("*.icmh")) if args.input_dir.is_dir() else []
     if not files:
         raise InvalidInputError(f"no .icmh frames in {args.input_dir}")
-    if args.random_weights:
-        warn_random_weights("cloud-server")
     # with --random-weights every task gets seeded adapters; otherwise the tasks of the --adapters files
     frame_codec = open_frame_codec(codec_options(args), list(Task) if args.random_weights else [])
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +81,23 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"decoded {len(files) - failures} of {len(files)} frames ({frame_codec.loaded.label}) -> "
           f"{args.output_dir} (results.jsonl)")
     return 1 if failures else 0
+
+
+def _main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.random_weights:
+        warn_random_weights("cloud-server")
+    if args.input_dir is not None:
+        return decode_folder(args)
+    config = ServerConfig(
+        codec=codec_options(args), host=args.host, port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        tasks=[Task.parse(name.strip()) for name in args.tasks.split(",") if name.strip()],
+        max_pending=args.max_pending, grace_seconds=args.grace, score_threshold=args.score_threshold,
+        backend_family=args.backend, detector_min_size=args.detector_min_size, log_frames=args.log_frames,
+    )
+    return asyncio.run(serve(config))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -24,7 +24,7 @@ def add_weight_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default: 0)")
     parser.add_argument("--device", default="cpu", help="torch device for the transforms: cpu or cuda (default: cpu)")
     parser.add_argument("--adapters", type=Path, action="append", default=[], metavar="FILE",
-                        help="adapter checkpoint (.safetensors) of a task; repeat for several tasks")
+                        help="adapter checkpoint (.safetensors) of a task, or a folder of them; repeatable")
 
 
 def add_codec_options(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +40,16 @@ def codec_options(args: argparse.Namespace, codec: Optional[str] = None, quality
     """Build :class:`CodecOptions` from parsed arguments (codec / quality may come from a header)."""
     return CodecOptions(
         codec=codec or args.codec, quality=quality or args.quality, codec_weights=args.codec_weights,
-        random_weights=args.random_weights, seed=args.seed, device=args.device, adapters=list(args.adapters),
+        random_weights=args.random_weights, seed=args.seed, device=args.device, adapters=adapter_files(args.adapters),
     )
+
+
+def adapter_files(paths: Sequence[Path]) -> list:
+    """``--adapters`` values with folders expanded to the ``.safetensors`` files in them."""
+    files = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.safetensors")) if path.is_dir() else [path])
+    return files
 
 
 def positive_int(text: str) -> int:

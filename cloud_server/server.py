@@ -1,0 +1,112 @@
+"""Build and run the grpc.aio server: servicer, health, reflection, graceful shutdown.
+
+On SIGTERM or SIGINT the health service goes NOT_SERVING, the server stops accepting
+calls, in-flight frames get ``grace`` seconds to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from shared.bitstream import DEFAULT_LIMITS
+from shared.codec_loader import CodecOptions, open_frame_codec
+from shared.metrics_common import start_metrics_server, stop_metrics_server
+from shared.proto.icmh.v1 import icmh_pb2 as pb
+from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
+from shared.tasks import Task
+
+from .backends.base import TaskBackend, build_backend
+from .metrics import CloudMetrics
+from .pipeline import Pipeline
+from .service import InferenceService
+
+log = logging.getLogger("cloud_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``cloud-server`` is started with."""
+
+    codec: CodecOptions
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: Optional[int] = 9100
+    tasks: List[Task] = field(default_factory=lambda: list(Task))
+    max_pending: int = 32
+    grace_seconds: float = 10.0
+    score_threshold: float = 0.5
+    backend_family: str = "torchvision"
+    detector_min_size: Optional[int] = None
+    log_frames: bool = False
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest gRPC message accepted: one maximal frame plus room for the envelope."""
+        return self.codec.limits.max_frame_bytes + 64 * 1024
+
+
+def build_pipeline(config: ServerConfig, metrics: CloudMetrics) -> Pipeline:
+    """Load the codec, adapters and one backend per task that has adapters here."""
+    frame_codec = open_frame_codec(config.codec, config.tasks if config.codec.random_weights else [])
+    backends: Dict[Task, TaskBackend] = {}
+    for task in frame_codec.tasks:
+        if task in config.tasks:
+            backends[task] = build_backend(
+                task, random_weights=config.codec.random_weights, device=config.codec.device,
+                prefer=config.backend_family, score_threshold=config.score_threshold,
+                **({"min_size": config.detector_min_size} if config.detector_min_size else {}))
+    return Pipeline(frame_codec, backends, metrics)
+
+
+async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metrics: Optional[CloudMetrics] = None,
+                ready: Optional[asyncio.Event] = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
+    metrics = metrics or CloudMetrics()
+    pipeline = pipeline or build_pipeline(config, metrics)
+    options = [("grpc.max_receive_message_length", config.max_message_bytes),
+               ("grpc.max_send_message_length", config.max_message_bytes)]
+    server = grpc.aio.server(options=options)
+    service = InferenceService(pipeline, metrics, config.codec.limits, config.max_pending,
+                               config.max_message_bytes, config.log_frames)
+    pb_grpc.add_InferenceServiceServicer_to_server(service, server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    metrics_server = None
+    if config.metrics_port is not None:
+        metrics_server = start_metrics_server(config.metrics_port, metrics.registry, config.host)
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_port = metrics_server[0].server_port if metrics_server else None
+    print(f"cloud-server listening on {config.host}:{port} (metrics on port {metrics_port}); "
+          f"tasks: {', '.join(t.value for t in pipeline.tasks)}; codec {pipeline.frame_codec.loaded.label}",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    print("cloud-server: draining (health NOT_SERVING)", flush=True)
+    await health.enter_graceful_shutdown()
+    await server.stop(config.grace_seconds)
+    service.executor.shutdown(wait=True)
+    if metrics_server:
+        stop_metrics_server(*metrics_server)
+    print("cloud-server: stopped", flush=True)
+    return 0

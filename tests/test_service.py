@@ -1,0 +1,202 @@
+"""The gRPC service against a real cloud-server process on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from pycocotools import mask as mask_utils
+
+from cloud_server.convert import result_from_proto
+from shared.codec_loader import CodecOptions, open_frame_codec
+from shared.images import load_image
+from shared.proto.icmh.v1 import icmh_pb2 as pb
+from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
+from shared.tasks import Task
+
+from conftest import smooth_image
+
+ROOT = Path(__file__).resolve().parent.parent
+CODEC = ["--codec", "mbt2018-mean-tiny", "--quality", "1", "--random-weights"]
+
+
+class ServerProcess:
+    """A cloud-server child process on free loopback ports."""
+
+    def __init__(self, *extra: str) -> None:
+        env = dict(os.environ, ICMH_OFFLINE="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloud_server.cli", "--port", "0", "--metrics-port", "0",
+             "--detector-min-size", "256", *CODEC, *extra],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list = []
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+) \(metrics on port (\d+)\)", line)
+            if found:
+                self.port, self.metrics_port = int(found.group(1)), int(found.group(2))
+                break
+        else:
+            raise RuntimeError("cloud-server did not start:\n" + "".join(self.lines))
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.InferenceServiceStub(self.channel)
+
+    def scrape(self) -> dict:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def stop(self) -> int:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._reader.join(timeout=5)
+        return code
+
+
+@pytest.fixture(scope="module")
+def server():
+    process = ServerProcess()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def frame_codec():
+    return open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True), list(Task))
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    folder = data_dir / "coco-mini" / "val2017"
+    files = sorted(folder.glob("*.jpg"))[:3] if folder.is_dir() else []
+    if not files:
+        print(f"no COCO images in {folder}: streaming synthetic images")
+        return [smooth_image(200, 300, seed) for seed in range(3)]
+    return [load_image(path)[:, :240, :320] for path in files]
+
+
+@pytest.mark.parametrize("task", list(Task), ids=lambda t: t.value)
+def test_stream_returns_one_well_formed_result_per_frame_in_order(server, frame_codec, images, task):
+    frames = frame_codec.encode(images, task)
+    requests = [pb.InferRequest(frame_id=100 + i, bitstream=f.data) for i, f in enumerate(frames)]
+    responses = list(server.stub.StreamInfer(iter(requests), timeout=300))
+    assert [r.frame_id for r in responses] == [100, 101, 102]
+    for response, frame, image in zip(responses, frames, images):
+        assert not response.HasField("error"), response.error.message
+        assert response.task == task.value
+        assert (response.height, response.width) == tuple(image.shape[-2:])
+        assert response.bits_per_pixel == pytest.approx(frame.bpp)
+        result = result_from_proto(response)
+        if task is Task.HUMAN:
+            assert load_png_size(response.image_png) == (image.shape[-1], image.shape[-2])
+        if task is Task.CLASSIFICATION:
+            assert len(result.classes) == 5 and all(0 <= c.index < 1000 for c in result.classes)
+        for det in result.detections:
+            assert 0 <= det.box.x0 <= det.box.x1 <= image.shape[-1] and 0 <= det.score <= 1
+            if task is Task.SEGMENTATION:
+                assert mask_utils.decode(det.mask_rle).shape == tuple(image.shape[-2:])
+        if task is Task.SEGMENTATION:
+            assert any(d.mask_rle for d in result.detections)
+
+
+def load_png_size(data: bytes):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def test_bad_inputs_get_the_right_status_and_the_server_keeps_serving(server, frame_codec, images):
+    good = frame_codec.encode(images[:1], Task.HUMAN)[0].data
+    detection = frame_codec.encode(images[:1], Task.DETECTION)[0].data
+    other = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True, seed=5),
+                             [Task.DETECTION]).encode(images[:1], Task.DETECTION)[0].data
+    cases = [
+        (os.urandom(500), grpc.StatusCode.INVALID_ARGUMENT, "bad magic"),
+        (good[:-10], grpc.StatusCode.INVALID_ARGUMENT, "truncated"),
+        (other, grpc.StatusCode.FAILED_PRECONDITION, "other mbt2018-mean-tiny weights"),
+        (_with_adapter_hash(detection, b"\x07" * 8), grpc.StatusCode.FAILED_PRECONDITION, "adapters"),
+        (_with_task(good, 9), grpc.StatusCode.INVALID_ARGUMENT, "unknown task id 9"),
+    ]
+    for data, code, fragment in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            server.stub.Infer(pb.InferRequest(frame_id=1, bitstream=data), timeout=60)
+        assert info.value.code() == code and fragment in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.Infer(pb.InferRequest(frame_id=1, bitstream=b"x" * (17 * 1024 * 1024)), timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert list(server.stub.StreamInfer(iter([]), timeout=30)) == []  # a stream that sends nothing
+    assert server.stub.Infer(pb.InferRequest(frame_id=2, bitstream=good), timeout=60).frame_id == 2
+
+
+def _with_adapter_hash(data: bytes, value: bytes) -> bytes:
+    import dataclasses
+
+    from shared.bitstream import pack_frame, parse_frame
+    frame = parse_frame(data)
+    return pack_frame(dataclasses.replace(frame.header, adapter_hash=value), frame.strings)
+
+
+def _with_task(data: bytes, task_id: int) -> bytes:
+    import dataclasses
+
+    from shared.bitstream import pack_frame, parse_frame
+    frame = parse_frame(data)
+    return pack_frame(dataclasses.replace(frame.header, task_id=task_id), frame.strings)
+
+
+def test_health_reflection_and_capabilities(server, frame_codec):
+    health = health_pb2_grpc.HealthStub(server.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="icmh.v1.InferenceService")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    caps = server.stub.GetCapabilities(pb.GetCapabilitiesRequest())
+    assert set(caps.tasks) == {t.value for t in Task}
+    assert caps.codecs[0].codec == "mbt2018-mean-tiny"
+    assert caps.codecs[0].adapter_hashes["detection"] == frame_codec.codec.adapter_hash(Task.DETECTION)
+
+
+def test_metrics_count_exactly_the_frames_sent_with_their_real_bpp(frame_codec, images):
+    process = ServerProcess("--tasks", "human")
+    try:
+        frames = frame_codec.encode(images, Task.HUMAN)
+        requests = [pb.InferRequest(frame_id=i, bitstream=f.data) for i, f in enumerate(frames)]
+        assert len(list(process.stub.StreamInfer(iter(requests), timeout=120))) == len(frames)
+        samples = process.scrape()
+        labels = (("codec", "mbt2018-mean-tiny"), ("quality", "1"), ("task", "human"))
+        assert samples[("icmh_bits_per_pixel_count", labels)] == len(frames)
+        assert samples[("icmh_bits_per_pixel_sum", labels)] == pytest.approx(sum(f.bpp for f in frames))
+        assert samples[("icmh_bitstream_bytes_sum", (("task", "human"),))] == sum(len(f.data) for f in frames)
+        assert samples[("icmh_requests_total", (("code", "OK"), ("task", "human")))] == len(frames)
+    finally:
+        assert process.stop() == 0
+
+
+def test_sigterm_during_a_stream_answers_in_flight_frames_then_exits_0(frame_codec, images):
+    process = ServerProcess("--tasks", "human")
+    frames = frame_codec.encode(images * 2, Task.HUMAN)
+    requests = [pb.InferRequest(frame_id=i, bitstream=f.data) for i, f in enumerate(frames)]
+    answered = []
+    call = process.stub.StreamInfer(iter(requests), timeout=120)
+    for response in call:
+        answered.append(response.frame_id)
+        if len(answered) == 1:
+            process.proc.send_signal(signal.SIGTERM)
+    assert process.proc.wait(timeout=60) == 0
+    assert answered == list(range(len(frames)))  # the whole in-flight stream was answered
+    assert any("draining" in line for line in process.lines)
