@@ -17,7 +17,7 @@ from shared.proto.icmh.v1 import icmh_pb2 as pb
 from shared.tasks import Task
 
 from .backends.base import TaskBackend
-from .convert import result_to_proto
+from shared.result_proto import result_to_proto
 from .metrics import CloudMetrics
 from .status import status_for
 

@@ -3,68 +3,22 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
-import threading
-import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from pycocotools import mask as mask_utils
 
-from cloud_server.convert import result_from_proto
+from shared.result_proto import result_from_proto
 from shared.codec_loader import CodecOptions, open_frame_codec
 from shared.images import load_image
 from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
 from shared.tasks import Task
 
 from conftest import smooth_image
 
-ROOT = Path(__file__).resolve().parent.parent
-CODEC = ["--codec", "mbt2018-mean-tiny", "--quality", "1", "--random-weights"]
-
-
-class ServerProcess:
-    """A cloud-server child process on free loopback ports."""
-
-    def __init__(self, *extra: str) -> None:
-        env = dict(os.environ, ICMH_OFFLINE="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_server.cli", "--port", "0", "--metrics-port", "0",
-             "--detector-min-size", "256", *CODEC, *extra],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list = []
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+) \(metrics on port (\d+)\)", line)
-            if found:
-                self.port, self.metrics_port = int(found.group(1)), int(found.group(2))
-                break
-        else:
-            raise RuntimeError("cloud-server did not start:\n" + "".join(self.lines))
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = pb_grpc.InferenceServiceStub(self.channel)
-
-    def scrape(self) -> dict:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def stop(self) -> int:
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._reader.join(timeout=5)
-        return code
+from server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")

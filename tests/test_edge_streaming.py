@@ -1,0 +1,73 @@
+"""edge-client streaming to a real cloud-server on loopback: results, reconnects, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from server_process import ROOT, ServerProcess, free_port
+
+TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
+
+
+def _edge(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge_client.cli", *argv], cwd=ROOT,
+                            env=dict(os.environ, ICMH_OFFLINE="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _results(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_stream_of_an_image_folder_gets_one_result_per_frame_in_order(tmp_path, kodak_dir):
+    server = ServerProcess("--tasks", "human")
+    try:
+        out = tmp_path / "results.jsonl"
+        edge = _edge("--images", str(kodak_dir), "--frames", "5", "--task", "human", *TINY, "--random-weights",
+                     "--server", f"127.0.0.1:{server.port}", "--output", str(out))
+        _, err = edge.communicate(timeout=300)
+        assert edge.returncode == 0, err
+        results = _results(out)
+        assert [r["frame_id"] for r in results] == list(range(5))
+        assert all("result" in r and r["result"]["task"] == "human" for r in results)
+        assert "5 answered, 0 with errors, 0 dropped" in err
+        assert "round trip p50" in err
+    finally:
+        assert server.stop() == 0
+
+
+def test_server_killed_and_restarted_mid_stream_loses_no_frame(tmp_path):
+    port = free_port()
+    server = ServerProcess("--tasks", "human", port=port)
+    out = tmp_path / "results.jsonl"
+    edge = _edge("--demo", "--frames", "12", "--window", "2", "--task", "human", *TINY, "--random-weights",
+                 "--server", f"127.0.0.1:{port}", "--output", str(out))
+    try:
+        deadline = time.monotonic() + 200
+        while (not out.exists() or len(out.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.kill()
+        time.sleep(1.0)
+        server = ServerProcess("--tasks", "human", port=port)
+        _, err = edge.communicate(timeout=300)
+        assert edge.returncode == 0, err
+        ids = [r["frame_id"] for r in _results(out)]
+        assert sorted(ids) == list(range(12)) and len(ids) == 12, ids  # every frame exactly once
+        assert "0 reconnects" not in err
+    finally:
+        edge.kill()
+        server.stop()
+
+
+def test_unreachable_server_and_unknown_task_are_one_line_errors():
+    for argv, fragment in ((["--server", f"127.0.0.1:{free_port()}", "--connect-timeout", "1", "--task", "human"],
+                            "cannot reach the cloud server"),
+                           (["--server", "127.0.0.1:1", "--task", "juggling"], "unknown task 'juggling'")):
+        edge = _edge("--demo", "--frames", "1", *TINY, *argv)
+        _, err = edge.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert edge.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
