@@ -6,7 +6,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/demo
-DEMO_FLAGS ?= --codec mbt2018-mean-tiny --quality 1
 
 .PHONY: venv demo test bench clean
 
@@ -19,10 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: venv
-	rm -rf $(DEMO_OUT)
-	$(VENV)/bin/edge-client --demo --frames 8 --task human $(DEMO_FLAGS) --save-dir $(DEMO_OUT)/frames
-	$(VENV)/bin/cloud-server --input-dir $(DEMO_OUT)/frames --output-dir $(DEMO_OUT)/decoded $(DEMO_FLAGS)
-	$(VENV)/bin/icmh info --codec mbt2018-mean --quality 3 --adapter sfma --mid-dim 64
+	VENV=$(VENV) DEMO_OUT=$(DEMO_OUT) scripts/demo.sh
 
 test: venv
 	$(PY) -m pytest
