@@ -19,6 +19,8 @@ from shared.models.complexity import measure
 from shared.paths import default_data_dir
 from shared.tasks import Task
 
+from . import bench_grpc
+
 BENCH_SIZE = (512, 768)  # H, W of a landscape Kodak image
 
 
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     codec.add_argument("--data", type=Path, default=None, help="Kodak folder (default: $ICMH_DATA_DIR/kodak)")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(func=run_codec)
+    bench_grpc.register(benches)
 
 
 def bench_images(folder: Path, count: int) -> List[torch.Tensor]:
