@@ -71,3 +71,27 @@ def test_unreachable_server_and_unknown_task_are_one_line_errors():
         _, err = edge.communicate(timeout=120)
         lines = err.strip().splitlines()
         assert edge.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0]
+
+
+def test_live_source_drops_the_oldest_unsent_frames_when_the_window_is_full():
+    import asyncio
+
+    from edge_client.metrics import EdgeMetrics
+    from edge_client.streaming import FrameStreamer
+    from shared.codec_loader import CodecOptions, open_frame_codec
+    from shared.tasks import Task
+    from conftest import smooth_image
+
+    server = ServerProcess("--tasks", "human")
+    try:
+        codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True))
+        encoded = codec.encode([smooth_image(360, 640, seed) for seed in range(2)], Task.HUMAN)
+        frames = iter([encoded[i % 2] for i in range(40)])  # a camera far faster than the server
+        answered = []
+        streamer = FrameStreamer(f"127.0.0.1:{server.port}", window=1, live=True, metrics=EdgeMetrics(),
+                                 task="human", on_result=lambda outcome: answered.append(outcome.frame_id))
+        stats = asyncio.run(streamer.run(frames))
+        assert stats.dropped > 0 and stats.answered == len(answered) == 40 - stats.dropped
+        assert answered == sorted(answered) and answered[-1] == 39  # the newest frame is never dropped
+    finally:
+        server.stop()

@@ -154,3 +154,24 @@ def test_sigterm_during_a_stream_answers_in_flight_frames_then_exits_0(frame_cod
     assert process.proc.wait(timeout=60) == 0
     assert answered == list(range(len(frames)))  # the whole in-flight stream was answered
     assert any("draining" in line for line in process.lines)
+
+
+def test_overload_answers_resource_exhausted_and_keeps_serving(frame_codec, images):
+    process = ServerProcess("--tasks", "human", "--max-pending", "1")
+    try:
+        data = frame_codec.encode(images[:1], Task.HUMAN)[0].data
+        futures = [process.stub.Infer.future(pb.InferRequest(frame_id=i, bitstream=data), timeout=120)
+                   for i in range(6)]
+        codes = []
+        for future in futures:
+            try:
+                future.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                assert "server busy" in exc.details()
+        assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert process.stub.Infer(pb.InferRequest(frame_id=9, bitstream=data), timeout=60).frame_id == 9
+    finally:
+        assert process.stop() == 0
