@@ -17,6 +17,7 @@ import math
 import os
 import random
 import re
+import resource
 import struct
 import subprocess
 import sys
@@ -42,10 +43,20 @@ TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
 TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
 RANDOM_DET = ["--codec", "mbt2018-mean", "--quality", "1", "--random-weights"]
 AS_LIMIT = 8 << 30  # bytes of address space per child
-MAX_RSS = 3 << 30  # bytes of resident memory a child may peak at
-TIMEOUT_S = 60  # per child, and per case inside a batch child
-BATCH_TIMEOUT_S = 240  # a whole batch child
-PARALLEL = max(2, min(4, os.cpu_count() or 2))
+MAX_RSS = 3 << 30  # bytes of resident memory a child may peak at, beyond what it inherits
+
+
+def rss_bound() -> int:
+    """The peak-RSS bound for a child: ``MAX_RSS`` plus this (parent) process's own peak.
+
+    Linux carries a forked child's resident high-water mark across ``exec``, so a child of
+    a pytest process that has loaded large models (the backend tests) reports at least the
+    parent's resident size at fork time, whatever the child itself uses.
+    """
+    return MAX_RSS + resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+TIMEOUT_S = 180  # per child, and per case inside a batch child (generous: CI machines may be loaded)
+BATCH_TIMEOUT_S = 600  # a whole batch child
+PARALLEL = max(1, min(2, os.cpu_count() or 1))
 MIN_PSNR_DB = 16.0  # the trained tiny codec reaches 21-26 dB on Kodak; a broken decode ~10 dB
 BANNER = "RANDOM WEIGHTS"
 BPP_LINE = re.compile(r"(\d+) bytes, ([0-9.]+) bpp, (\d+)×(\d+)")
@@ -183,7 +194,7 @@ def batch_results(job: Batch, child: Run, path: Path) -> Dict[str, Run]:
 def assert_ok(run: Run) -> None:
     assert not run.timed_out and run.returncode == 0, run.describe()
     assert "Traceback" not in run.stderr, run.describe()
-    assert run.max_rss < MAX_RSS, run.describe()
+    assert run.max_rss < rss_bound(), run.describe()
 
 
 def assert_one_line_error(run: Run, pattern: Optional[str] = None, banner: bool = False) -> str:
@@ -200,7 +211,7 @@ def assert_one_line_error(run: Run, pattern: Optional[str] = None, banner: bool 
         lines = lines[1:]
     assert len(lines) == 1 and run.stderr.endswith("\n"), run.describe()
     assert lines[0].startswith("error: ") and len(lines[0]) > len("error: "), run.describe()
-    assert run.max_rss < MAX_RSS, run.describe()
+    assert run.max_rss < rss_bound(), run.describe()
     if pattern is not None:
         assert re.search(pattern, lines[0], re.IGNORECASE), f"expected /{pattern}/ in: " + run.describe()
     return lines[0]
