@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 import grpc
 
@@ -40,7 +40,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         self.pending = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icmh-pipeline")
 
-    async def _process(self, request: pb.InferRequest) -> pb.InferResponse:
+    async def _process(self, request: pb.InferRequest, deadline: Optional[float] = None) -> pb.InferResponse:
+        """Run one frame unless the queue is full; ``deadline`` (monotonic) skips a frame nobody awaits."""
         if self.pending >= self.max_pending:
             self.metrics.count_request("unknown", grpc.StatusCode.RESOURCE_EXHAUSTED)
             response = pb.InferResponse(frame_id=request.frame_id)
@@ -52,13 +53,19 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         queued = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, self._run, request, queued)
+            return await loop.run_in_executor(self.executor, self._run, request, queued, deadline)
         finally:
             self.pending -= 1
             self.metrics.set_pending(self.pending)
 
-    def _run(self, request: pb.InferRequest, queued: float) -> pb.InferResponse:
+    def _run(self, request: pb.InferRequest, queued: float, deadline: Optional[float]) -> pb.InferResponse:
         self.metrics.observe_queue(time.perf_counter() - queued)
+        if deadline is not None and time.monotonic() >= deadline:  # the caller gave up while it queued
+            self.metrics.count_request("unknown", grpc.StatusCode.DEADLINE_EXCEEDED)
+            response = pb.InferResponse(frame_id=request.frame_id)
+            response.error.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            response.error.message = "deadline passed before the frame was processed"
+            return response
         response = self.pipeline.run(request.frame_id, request.bitstream)
         if self.log_frames:
             log.info("frame %d: %s", request.frame_id, response.error.message or f"{response.bits_per_pixel:.4f} bpp")
@@ -66,7 +73,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
     async def Infer(self, request: pb.InferRequest, context: grpc.aio.ServicerContext) -> pb.InferResponse:
         """One frame; a bad frame ends the call with its status code and message."""
-        response = await self._process(request)
+        remaining = context.time_remaining()
+        response = await self._process(request, None if remaining is None else time.monotonic() + remaining)
         if response.HasField("error"):
             await context.abort(_code(response.error.code), response.error.message)
         return response

@@ -175,3 +175,21 @@ def test_overload_answers_resource_exhausted_and_keeps_serving(frame_codec, imag
         assert process.stub.Infer(pb.InferRequest(frame_id=9, bitstream=data), timeout=60).frame_id == 9
     finally:
         assert process.stop() == 0
+
+
+def test_deadlines_are_honoured_and_queued_frames_past_theirs_are_skipped(frame_codec, images):
+    process = ServerProcess("--tasks", "detection")
+    try:
+        data = frame_codec.encode(images[:1], Task.DETECTION)[0].data
+        slow = process.stub.Infer.future(pb.InferRequest(frame_id=1, bitstream=data), timeout=120)
+        with pytest.raises(grpc.RpcError) as info:  # queued behind the slow frame, gives up after 50 ms
+            process.stub.Infer(pb.InferRequest(frame_id=2, bitstream=data), timeout=0.05)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert slow.result().frame_id == 1
+        assert process.stub.Infer(pb.InferRequest(frame_id=3, bitstream=data), timeout=120).frame_id == 3
+        samples = process.scrape()
+        # frame 2 never ran: only frames 1 and 3 were processed
+        assert samples[("icmh_requests_total", (("code", "OK"), ("task", "detection")))] == 2
+        assert samples[("icmh_stage_duration_seconds_count", (("stage", "total"), ("task", "detection")))] == 2
+    finally:
+        assert process.stop() == 0
