@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import signal
 
 import grpc
@@ -182,6 +183,10 @@ def test_deadlines_are_honoured_and_queued_frames_past_theirs_are_skipped(frame_
     try:
         data = frame_codec.encode(images[:1], Task.DETECTION)[0].data
         slow = process.stub.Infer.future(pb.InferRequest(frame_id=1, bitstream=data), timeout=120)
+        deadline = time.monotonic() + 60
+        while process.scrape()[("icmh_pending_requests", ())] < 1:  # frame 1 is running before frame 2 is sent
+            assert time.monotonic() < deadline, "frame 1 never started"
+            time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as info:  # queued behind the slow frame, gives up after 50 ms
             process.stub.Infer(pb.InferRequest(frame_id=2, bitstream=data), timeout=0.05)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
