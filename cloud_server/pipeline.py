@@ -47,7 +47,7 @@ class Pipeline:
             task_label = task.value
             if task not in self.backends:
                 raise AdapterMismatchError(f"this server runs no model for task {task.value!r}")
-            decoded = self.frame_codec.decode([data])[0]
+            decoded = self.frame_codec.decode_parsed([(frame, task)])[0]
             decoded_at = time.perf_counter()
             result = self.backends[task].infer([decoded.image])[0]
         except IcmhError as exc:

@@ -165,7 +165,10 @@ class FrameCodec:
 
     def decode(self, frames: Sequence[bytes]) -> List[DecodedFrame]:
         """Decode frames (same task and size are batched); results keep the input order."""
-        parsed = [self.parse(data) for data in frames]
+        return self.decode_parsed([self.parse(data) for data in frames])
+
+    def decode_parsed(self, parsed: Sequence[Tuple[Frame, Task]]) -> List[DecodedFrame]:
+        """Decode frames already checked by :meth:`parse`; results keep the input order."""
         out: List[Optional[DecodedFrame]] = [None] * len(parsed)
         groups: Dict[Tuple[Task, int, int], List[int]] = defaultdict(list)
         for i, (frame, task) in enumerate(parsed):
