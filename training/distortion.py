@@ -6,65 +6,28 @@
   (keys ``'0' '1' '2' '3' 'pool'``) of the frozen Faster R-CNN / Mask R-CNN R50-FPN
   backbone, input in the detector's own normalisation (no resizing).
 
-Pretrained weights are read from the torch hub cache under the file names of
-torchvision's weight enums (``$TORCH_HOME/hub/checkpoints/...``) with
-:func:`shared.weights.read_state_dict` (nothing is unpickled); a missing file raises
-:class:`~shared.errors.WeightsMissingError`. ``random_weights`` builds seeded random
-models instead, labelled ``RANDOM WEIGHTS``.
+The task models come from :func:`shared.task_models.load_task_model`: pretrained
+weights from the torch hub cache under their real file names (nothing is unpickled; a
+missing file raises :class:`~shared.errors.WeightsMissingError`), or seeded random
+weights with ``random_weights``, labelled ``RANDOM WEIGHTS``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, resnet50
-from torchvision.models.detection import (
-    FasterRCNN,
-    FasterRCNN_ResNet50_FPN_Weights,
-    MaskRCNN,
-    MaskRCNN_ResNet50_FPN_Weights,
-    fasterrcnn_resnet50_fpn,
-    maskrcnn_resnet50_fpn,
-)
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
 
-from shared.errors import InvalidInputError, WeightsMissingError
+from shared.errors import InvalidInputError
+from shared.task_models import FASTER_RCNN, MASK_RCNN, RESNET50, TorchvisionModel, load_task_model
 from shared.tasks import Task
-from shared.weights import hub_checkpoints_dir, read_state_dict
 
-RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FPN_KEYS = ("0", "1", "2", "3", "pool")
 FPN_WEIGHT = 0.2
-
-
-def _hub_state_dict(url: str, what: str) -> Tuple[Dict[str, Tensor], str]:
-    path = hub_checkpoints_dir() / url.rsplit("/", 1)[-1]
-    if not path.is_file():
-        raise WeightsMissingError(
-            f"pretrained weights for {what} are missing: {path.name} is not in {path.parent}; copy the file "
-            f"there (or point TORCH_HOME at a folder whose hub/checkpoints holds it), or use --random-weights "
-            f"for a smoke run"
-        )
-    return read_state_dict(path), f"pretrained ({path.name})"
-
-
-def _load(model: nn.Module, state: Dict[str, Tensor], what: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InvalidInputError(f"weights do not fit {what}: {str(exc).splitlines()[0]}") from None
-
-
-def _seeded(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
 
 
 class TaskDistortion(nn.Module):
@@ -129,42 +92,18 @@ class FPNDistortion(TaskDistortion):
         return FPN_WEIGHT * sum(F.mse_loss(pred[k], target[k]) for k in FPN_KEYS)
 
 
-def _classification(random_weights: bool, seed: int) -> TaskDistortion:
-    weights = ResNet50_Weights.IMAGENET1K_V1
-    model = _seeded(seed, lambda: resnet50(weights=None))
-    if random_weights:
-        return ResNetStageDistortion(model, f"resnet50 ({RANDOM_WEIGHTS_LABEL}, seed {seed})")
-    state, source = _hub_state_dict(weights.url, "resnet50 (ResNet50_Weights.IMAGENET1K_V1)")
-    _load(model, state, "resnet50")
-    return ResNetStageDistortion(model, f"resnet50 {source}")
-
-
-def _rcnn(builder, model_class, weights, name: str) -> Callable[[bool, int], TaskDistortion]:
-    num_classes = len(weights.meta["categories"])
-
+def _distortion(spec: TorchvisionModel, wrap: Callable[[nn.Module, str], "TaskDistortion"]):
     def build(random_weights: bool, seed: int) -> TaskDistortion:
-        if random_weights:
-            model = _seeded(seed, lambda: builder(weights=None, weights_backbone=None, num_classes=num_classes))
-            return FPNDistortion(model, f"{name} ({RANDOM_WEIGHTS_LABEL}, seed {seed})")
-        state, source = _hub_state_dict(weights.url, f"{name} ({type(weights).__name__}.{weights.name})")
-        # what torchvision's builder does for COCO_V1: frozen batch norm with eps 0
-        backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
-        model = model_class(backbone, num_classes=num_classes)
-        for module in model.modules():
-            if isinstance(module, FrozenBatchNorm2d):
-                module.eps = 0.0
-        _load(model, state, name)
-        return FPNDistortion(model, f"{name} {source}")
+        model, label, _ = load_task_model(spec, random_weights=random_weights, seed=seed)
+        return wrap(model, f"{spec.name} {label}")
 
     return build
 
 
 DISTORTIONS: Dict[Task, Callable[[bool, int], TaskDistortion]] = {
-    Task.CLASSIFICATION: _classification,
-    Task.DETECTION: _rcnn(fasterrcnn_resnet50_fpn, FasterRCNN, FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
-                          "fasterrcnn_resnet50_fpn"),
-    Task.SEGMENTATION: _rcnn(maskrcnn_resnet50_fpn, MaskRCNN, MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-                             "maskrcnn_resnet50_fpn"),
+    Task.CLASSIFICATION: _distortion(RESNET50, ResNetStageDistortion),
+    Task.DETECTION: _distortion(FASTER_RCNN, FPNDistortion),
+    Task.SEGMENTATION: _distortion(MASK_RCNN, FPNDistortion),
 }
 
 

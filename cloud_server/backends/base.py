@@ -11,7 +11,6 @@ preferred one has no backend for the task or cannot be imported here.
 from __future__ import annotations
 
 import logging
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,15 +19,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from shared.errors import IcmhError, InvalidInputError, WeightsMissingError
+from shared.errors import IcmhError, InvalidInputError
 from shared.results import TaskResult
+from shared.task_models import RANDOM_WEIGHTS_LABEL
 from shared.tasks import Task
-from shared.weights import OFFLINE_ENV, hub_checkpoints_dir
 
 log = logging.getLogger(__name__)
 
 DEFAULT_FAMILY = "torchvision"
-RANDOM_WEIGHTS_LABEL = "RANDOM WEIGHTS"
 
 
 class BackendUnavailableError(IcmhError):
@@ -181,40 +179,3 @@ def check_images(images: Sequence[Tensor]) -> List[Tensor]:
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise InvalidInputError(f"image {i} of the batch is not a 3×H×W float tensor (got {shape})")
     return checked
-
-
-def seeded(seed: int, build: Callable[[], Any]) -> Any:
-    """Call ``build()`` with the torch RNG seeded to ``seed``, leaving the global RNG state as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
-def hub_weights_file(url: str, *, what: str, download: bool, hash_prefix: Optional[str] = None) -> Path:
-    """The torch hub cache file of ``url`` (``$TORCH_HOME/hub/checkpoints/<last part of url>``).
-
-    Downloads it first when it is missing, ``download`` is set and ``ICMH_OFFLINE`` is
-    not ``1`` (checking ``hash_prefix`` of its SHA-256 if given). Raises
-    :class:`WeightsMissingError` in one line naming ``what``, the file, the folder and
-    what to do when it is neither cached nor downloadable.
-    """
-    folder = hub_checkpoints_dir()
-    path = folder / url.rsplit("/", 1)[-1]
-    if not path.is_file() and download and os.environ.get(OFFLINE_ENV) != "1":
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix, progress=False)
-        except Exception as exc:  # any failure to fetch means the same thing to the user
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise _weights_missing(what, path, f"download failed: {reason}") from None
-    if not path.is_file():
-        raise _weights_missing(what, path, f"offline: {OFFLINE_ENV}=1 or downloads off")
-    return path
-
-
-def _weights_missing(what: str, path: Path, reason: str) -> WeightsMissingError:
-    return WeightsMissingError(
-        f"pretrained weights for {what} are missing: {path.name} is not in {path.parent} ({reason}); copy the "
-        f"file there (or point TORCH_HOME at a folder whose hub/checkpoints holds it), or use --random-weights "
-        f"for a smoke run"
-    )

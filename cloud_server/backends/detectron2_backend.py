@@ -34,20 +34,12 @@ from torch import Tensor
 from shared.errors import InvalidInputError
 from shared.images import to_uint8
 from shared.results import TaskResult
+from shared.task_models import RANDOM_WEIGHTS_LABEL, hub_weights_file, seeded
 from shared.tasks import Task
 from shared.weights import read_state_dict
 
 from . import coco
-from .base import (
-    RANDOM_WEIGHTS_LABEL,
-    BackendOptions,
-    BackendUnavailableError,
-    TaskBackend,
-    check_images,
-    hub_weights_file,
-    register_backend,
-    seeded,
-)
+from .base import BackendOptions, BackendUnavailableError, TaskBackend, check_images, register_backend
 
 log = logging.getLogger(__name__)
 

@@ -21,41 +21,19 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import torch
-from torch import Tensor, nn
-from torchvision.models import ResNet50_Weights, WeightsEnum, resnet50
-from torchvision.models.detection import (
-    FasterRCNN,
-    FasterRCNN_ResNet50_FPN_Weights,
-    MaskRCNN,
-    MaskRCNN_ResNet50_FPN_Weights,
-    fasterrcnn_resnet50_fpn,
-    maskrcnn_resnet50_fpn,
-)
-from torchvision.models.detection._utils import overwrite_eps
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
+from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 
-from shared.errors import InvalidInputError
 from shared.images import to_uint8
 from shared.results import ClassScore, TaskResult
+from shared.task_models import FASTER_RCNN, MASK_RCNN, RESNET50, TorchvisionModel, load_task_model
 from shared.tasks import Task
-from shared.weights import read_state_dict
 
 from . import coco
-from .base import (
-    RANDOM_WEIGHTS_LABEL,
-    BackendOptions,
-    TaskBackend,
-    check_images,
-    hub_weights_file,
-    register_backend,
-    seeded,
-)
+from .base import BackendOptions, TaskBackend, check_images, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +41,8 @@ FAMILY = "torchvision"
 MASK_THRESHOLD = 0.5
 
 
-@dataclass(frozen=True)
-class TorchvisionModel:
-    """A torchvision architecture and its pretrained weights entry.
-
-    ``build(options, trained)`` returns the untrained model: with ``trained`` the
-    architecture torchvision's builder makes for ``weights``, otherwise the builder's
-    own ``weights=None`` model.
-    """
-
-    name: str
-    weights: WeightsEnum
-    build: Callable[[BackendOptions, bool], nn.Module]
-
-    @property
-    def file_name(self) -> str:
-        """The weights' file name in the torch hub cache (the last part of their URL)."""
-        return self.weights.url.rsplit("/", 1)[-1]
-
-    @property
-    def weights_name(self) -> str:
-        """E.g. ``FasterRCNN_ResNet50_FPN_Weights.COCO_V1``."""
-        return f"{type(self.weights).__name__}.{self.weights.name}"
-
-
-def _detector_kwargs(options: BackendOptions) -> Dict[str, Any]:
+def detector_kwargs(options: BackendOptions) -> Dict[str, Any]:
+    """The detector constructor settings ``options`` ask for (thresholds, sizes, proposals)."""
     kwargs: Dict[str, Any] = {"box_score_thresh": options.score_threshold,
                               "box_detections_per_img": options.max_detections}
     if options.min_size is not None:
@@ -99,89 +54,8 @@ def _detector_kwargs(options: BackendOptions) -> Dict[str, Any]:
     return kwargs
 
 
-def _rcnn(
-    builder: Callable[..., nn.Module], model_class: type, weights: WeightsEnum,
-) -> Callable[[BackendOptions, bool], nn.Module]:
-    """A build function for an R50-FPN detector (``builder`` its torchvision builder)."""
-    num_classes = len(weights.meta["categories"])
-
-    def build(options: BackendOptions, trained: bool) -> nn.Module:
-        kwargs = _detector_kwargs(options)
-        if not trained:
-            return builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
-        # what the builder does with weights=COCO_V1, without its (unpickling) loader
-        backbone = _resnet_fpn_extractor(resnet50(weights=None, norm_layer=FrozenBatchNorm2d), 3)
-        model = model_class(backbone, num_classes=num_classes, **kwargs)
-        overwrite_eps(model, 0.0)
-        return model
-
-    return build
-
-
-FASTER_RCNN = TorchvisionModel(
-    "fasterrcnn_resnet50_fpn", FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
-    _rcnn(fasterrcnn_resnet50_fpn, FasterRCNN, FasterRCNN_ResNet50_FPN_Weights.COCO_V1),
-)
-MASK_RCNN = TorchvisionModel(
-    "maskrcnn_resnet50_fpn", MaskRCNN_ResNet50_FPN_Weights.COCO_V1,
-    _rcnn(maskrcnn_resnet50_fpn, MaskRCNN, MaskRCNN_ResNet50_FPN_Weights.COCO_V1),
-)
-RESNET50 = TorchvisionModel(
-    "resnet50", ResNet50_Weights.IMAGENET1K_V1, lambda options, trained: resnet50(weights=None),
-)
-
-
-def pretrained_state_dict(spec: TorchvisionModel, options: BackendOptions) -> Tuple[Dict[str, Tensor], str]:
-    """The state dict to load for ``spec`` and a label saying where it came from.
-
-    ``options.weights_path`` if given, else the torch hub cache (see
-    :func:`~cloud_server.backends.base.hub_weights_file`). Raises
-    :class:`~shared.errors.WeightsMissingError` or :class:`InvalidInputError` (unreadable file).
-    """
-    if options.weights_path is not None:
-        return read_state_dict(options.weights_path), f"weights from {options.weights_path}"
-    match = torch.hub.HASH_REGEX.search(spec.file_name)
-    path = hub_weights_file(spec.weights.url, what=f"{spec.name} ({spec.weights_name})", download=options.download,
-                            hash_prefix=match.group(1) if match else None)
-    return read_state_dict(path), f"{FAMILY} {spec.weights.name} pretrained ({spec.file_name})"
-
-
-def load_model(spec: TorchvisionModel, options: BackendOptions) -> Tuple[nn.Module, str, bool]:
-    """Build ``spec``'s model with the weights ``options`` ask for, in eval mode on ``options.device``.
-
-    Returns ``(model, weights label, pretrained)``. Raises :class:`WeightsMissingError`
-    or :class:`InvalidInputError` (unreadable weights, or weights of another architecture).
-    """
-    if options.random_weights:
-        model = seeded(options.seed, lambda: spec.build(options, False))
-        label, pretrained = f"{RANDOM_WEIGHTS_LABEL} (seed {options.seed})", False
-        log.warning("!!! RANDOM WEIGHTS: %s %s runs with seeded random weights; its results are NOT those "
-                    "of a trained model !!!", FAMILY, spec.name)
-    else:
-        state, label = pretrained_state_dict(spec, options)
-        model = seeded(options.seed, lambda: spec.build(options, True))
-        _load_strictly(model, state, f"weights ({label}) do not fit {spec.name}")
-        pretrained = True
-    model.eval().requires_grad_(False)
-    return model.to(options.device), label, pretrained
-
-
-def _load_strictly(model: nn.Module, state: Dict[str, Tensor], what: str) -> None:
-    """``model.load_state_dict(state)``; raises :class:`InvalidInputError` saying ``what`` and the first misfit."""
-    try:
-        incompatible = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that do not fit
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise InvalidInputError(f"{what}: {lines[-1][:200]}") from None
-    misfits = [(len(keys), keys[0], kind) for keys, kind in
-               ((incompatible.missing_keys, "missing"), (incompatible.unexpected_keys, "unexpected")) if keys]
-    if misfits:
-        detail = "; ".join(f"{count} {kind} keys (e.g. {key})" for count, key, kind in misfits)
-        raise InvalidInputError(f"{what}: {detail}")
-
-
 class TorchvisionBackend(TaskBackend):
-    """A backend around one torchvision model (see :func:`load_model`)."""
+    """A backend around one torchvision model (see :func:`shared.task_models.load_task_model`)."""
 
     family = FAMILY
 
@@ -189,7 +63,10 @@ class TorchvisionBackend(TaskBackend):
         self.task = task.value
         self.spec = spec
         self.name = f"{FAMILY} {spec.name}"
-        self.model, self.weights_label, self.pretrained = load_model(spec, options)
+        kwargs = detector_kwargs(options) if spec in (FASTER_RCNN, MASK_RCNN) else {}
+        self.model, self.weights_label, self.pretrained = load_task_model(
+            spec, random_weights=options.random_weights, seed=options.seed, device=options.device,
+            weights_path=options.weights_path, download=options.download, **kwargs)
         self.device = torch.device(options.device)
 
     def to(self, device: Union[str, torch.device]) -> "TorchvisionBackend":
