@@ -12,9 +12,9 @@ from typing import Optional, Sequence
 from shared import __version__
 from shared.cli_common import run_cli
 
-from .commands import bd, bench, decode, encode, info, train, train_codec
+from .commands import bd, bench, decode, encode, eval as eval_command, info, train, train_codec
 
-COMMANDS = (encode, decode, info, train, train_codec, bench, bd)
+COMMANDS = (encode, decode, info, train, train_codec, eval_command, bench, bd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -172,10 +172,15 @@ def test_classification_returns_top5_imagenet_classes(classifier, images):
     assert [c.score for c in single.classes] == pytest.approx([c.score for c in results[1].classes], abs=1e-5)
 
 
-def test_classification_uses_the_weights_own_preprocessing(classifier):
-    transform = classifier.preprocess
-    assert list(transform.resize_size) == [256] and list(transform.crop_size) == [224]
-    assert list(transform.mean) == [0.485, 0.456, 0.406] and list(transform.std) == [0.229, 0.224, 0.225]
+def test_classification_uses_the_weights_own_preprocessing(classifier, images):
+    transform = RESNET50.weights.transforms()  # resize 256, centre crop 224, ImageNet normalisation
+    assert classifier.model_input(images[0]).shape == (3, 224, 224)
+    with torch.inference_mode():
+        expected = classifier.model(torch.stack([transform(image) for image in images])).softmax(dim=1)
+    for result, probabilities in zip(classifier.infer(images), expected):
+        top = probabilities.topk(5)
+        assert [c.index for c in result.classes] == top.indices.tolist()
+        assert [c.score for c in result.classes] == pytest.approx(top.values.tolist(), abs=1e-5)
 
 
 def test_human_returns_a_png_that_decodes_to_the_image(images):

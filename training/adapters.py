@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -117,9 +118,10 @@ def learning_rate(config: AdapterTrainConfig, step: int) -> float:
 
 
 class TrainHistory(list):
-    """The per-step records (dicts); also carries the trained codec, optimizer and metadata."""
+    """The per-step records (dicts); also carries the trained codec, optimizer, metadata and step times."""
 
     codec = None
+    step_seconds: List[float]
     optimizer = None
     metadata: Optional[AdapterMetadata] = None
     start_step: int = 0
@@ -209,6 +211,7 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
     optimizer = torch.optim.Adam(params, lr=config.lr)
 
     history = TrainHistory()
+    history.step_seconds = []
     start = 0
     if config.resume:
         start, saved, adapter_state, optim_state = read_training_checkpoint(config.checkpoint_path)
@@ -229,6 +232,7 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
     with config.csv_path.open("a", newline="") as log:
         writer = csv.DictWriter(log, fieldnames=["step", "loss", "bpp", "distortion", "lr"])
         for step in bar:
+            began = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -244,6 +248,7 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
                 raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
             loss.backward()
             optimizer.step()
+            history.step_seconds.append(time.perf_counter() - began)
             record = {"step": step, "loss": loss.item(), "bpp": bpp.item(), "distortion": dist.item(), "lr": lr}
             history.append(record)
             writer.writerow(record)

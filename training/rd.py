@@ -15,12 +15,14 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 from compressai.losses import RateDistortionLoss
+from compressai.zoo.pretrained import load_pretrained
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shared.models.registry import get_codec
-from shared.weights import save_codec_weights
+from shared.errors import InvalidInputError
+from shared.weights import read_state_dict, save_codec_weights
 
 from .data import RandomCrops
 
@@ -39,6 +41,7 @@ class RDTrainConfig:
     aux_lr: float = 1e-3
     lmbda: float = 0.0067
     seed: int = 0
+    init_weights: Optional[Path] = None  # start from these weights (fine-tuning to another λ)
     history: List[Dict[str, float]] = field(default_factory=list)
 
 
@@ -48,7 +51,7 @@ def _cycle(loader: DataLoader) -> Iterator[torch.Tensor]:
 
 
 def train_base_codec(config: RDTrainConfig, progress: bool = True) -> nn.Module:
-    """Train a base codec from scratch; returns it with its CDF tables built (``update()``).
+    """Train a base codec (from scratch, or from ``init_weights``); returns it with its CDF tables built (``update()``).
 
     Float weights are rounded to float16 precision before the tables are built, so the
     model saved as float16 by :func:`save_codec_weights` is exactly the one returned.
@@ -56,6 +59,12 @@ def train_base_codec(config: RDTrainConfig, progress: bool = True) -> nn.Module:
     torch.manual_seed(config.seed)
     spec = get_codec(config.codec)
     model = spec.build(config.quality).train()
+    if config.init_weights is not None:
+        try:
+            model.load_state_dict(load_pretrained(read_state_dict(Path(config.init_weights))))
+        except (RuntimeError, KeyError) as exc:
+            raise InvalidInputError(f"--init-weights {config.init_weights} do not fit {config.codec} "
+                                    f"q{config.quality}: {str(exc).splitlines()[0]}") from None
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=config.lr)
@@ -93,6 +102,8 @@ def train_and_save(config: RDTrainConfig, out: Path, progress: bool = True) -> n
     model = train_base_codec(config, progress=progress)
     last = config.history[-1] if config.history else {}
     meta = {k: str(v) for k, v in asdict(config).items() if k != "history"}
+    if config.init_weights is not None:
+        meta["init_weights"] = Path(config.init_weights).name
     meta["data"] = ",".join(Path(p).name for p in config.data)
     meta.update({f"final_{k}": f"{v:.4f}" for k, v in last.items() if k != "step"})
     save_codec_weights(model, out, meta)

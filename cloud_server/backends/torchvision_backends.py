@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+import torchvision.transforms.functional as F
 from torchvision.transforms.functional import to_pil_image
 
 from shared.images import to_uint8
@@ -95,27 +96,49 @@ class DetectorBackend(TorchvisionBackend):
 
 
 class ClassifierBackend(TorchvisionBackend):
-    """ResNet-50 on ImageNet: the top-k classes with their softmax probabilities."""
+    """ResNet-50 on ImageNet: the top-k classes with their softmax probabilities.
+
+    :meth:`infer` = :meth:`model_input` (the weights' resize and centre crop) then
+    :meth:`classify` (normalisation and the network); evaluation codes the model input
+    itself and classifies the decoded crop with :meth:`classify`.
+    """
 
     def __init__(self, task: Task, spec: TorchvisionModel, options: BackendOptions):
         super().__init__(task, spec, options)
-        self.preprocess = spec.weights.transforms()
+        transform = spec.weights.transforms()
+        self.resize_size, self.crop_size = list(transform.resize_size), list(transform.crop_size)
+        self.interpolation, self.antialias = transform.interpolation, transform.antialias
+        self.mean, self.std = list(transform.mean), list(transform.std)
         self.categories: List[str] = list(spec.weights.meta["categories"])
         self.top_k = min(options.top_k, len(self.categories))
 
-    def infer(self, images: Sequence[Tensor]) -> List[TaskResult]:
-        """Classify; one result per image with the top-k classes, best first (see :class:`TaskBackend`)."""
-        batch = [image.to(self.device) for image in check_images(images)]
+    def model_input(self, image: Tensor) -> Tensor:
+        """``image`` resized (short side 256) and centre-cropped (224×224), still in [0, 1]."""
+        resized = F.resize(image, self.resize_size, interpolation=self.interpolation, antialias=self.antialias)
+        return F.center_crop(resized, self.crop_size)
+
+    def classify(self, crops: Sequence[Tensor], sizes: Optional[Sequence[Tuple[int, int]]] = None) -> List[TaskResult]:
+        """Top-k classes of images already in the model's input geometry (see :meth:`model_input`).
+
+        ``sizes``: the ``(height, width)`` each result reports (default: the crop's own).
+        """
+        batch = [crop.to(self.device) for crop in check_images(crops)]
+        sizes = list(sizes) if sizes is not None else [tuple(crop.shape[-2:]) for crop in batch]
         if not batch:
             return []
         with torch.inference_mode():
-            logits = self.model(torch.stack([self.preprocess(image) for image in batch]))
+            logits = self.model(F.normalize(torch.stack(batch), self.mean, self.std))
             top = logits.float().softmax(dim=1).topk(self.top_k, dim=1)
         results = []
-        for image, scores, indexes in zip(batch, top.values.cpu(), top.indices.cpu()):
+        for (height, width), scores, indexes in zip(sizes, top.values.cpu(), top.indices.cpu()):
             classes = [ClassScore(int(i), self.categories[int(i)], float(s)) for s, i in zip(scores, indexes)]
-            results.append(TaskResult(self.task, image.shape[-1], image.shape[-2], classes=classes))
+            results.append(TaskResult(self.task, width, height, classes=classes))
         return results
+
+    def infer(self, images: Sequence[Tensor]) -> List[TaskResult]:
+        """Classify; one result per image with the top-k classes, best first (see :class:`TaskBackend`)."""
+        images = check_images(images)
+        return self.classify([self.model_input(image) for image in images], [tuple(i.shape[-2:]) for i in images])
 
 
 class PngBackend(TaskBackend):

@@ -1,4 +1,4 @@
-"""``icmh bench codec``: speed of the adapted codec relative to the base codec."""
+"""``icmh bench``: ``codec`` (adapted vs base codec speed); ``grpc`` and ``train`` live in their own modules."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from shared.models.complexity import measure
 from shared.paths import default_data_dir
 from shared.tasks import Task
 
-from . import bench_grpc
+from . import bench_grpc, bench_train
 
 BENCH_SIZE = (512, 768)  # H, W of a landscape Kodak image
 
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(func=run_codec)
     bench_grpc.register(benches)
+    bench_train.register(benches)
 
 
 def bench_images(folder: Path, count: int) -> List[torch.Tensor]:

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--lmbda", type=float, default=defaults.lmbda, help="λ of R + λ·255²·MSE")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--init-weights", type=Path, metavar="PATH",
+                        help="start from these weights instead of from scratch (e.g. fine-tune to another λ)")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     parser.set_defaults(func=run)
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     """Train and save; returns 0."""
     data = args.data or [default_data_dir() / "kodak", default_data_dir() / "coco-mini"]
     config = RDTrainConfig(data=data, codec=args.codec, quality=args.quality, steps=args.steps,
-                           batch_size=args.batch_size, crop=args.crop, lr=args.lr, lmbda=args.lmbda, seed=args.seed)
+                           batch_size=args.batch_size, crop=args.crop, lr=args.lr, lmbda=args.lmbda, seed=args.seed,
+                           init_weights=args.init_weights)
     train_and_save(config, args.out)
     last = config.history[-1]
     print(f"{args.out}: {args.codec} q{args.quality} after {last['step']} steps: "

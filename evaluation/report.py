@@ -1,0 +1,150 @@
+"""What an evaluation shows people: the points (CSV, JSON), the BD table and the curves (PNG).
+
+Every output names the models and says loudly when any ran with random weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from shared.errors import InvalidInputError
+
+from .bjontegaard import bd_metric, bd_rate
+from .runner import EvalResult
+
+RANDOM_BANNER = "RANDOM WEIGHTS: these figures are NOT those of trained models"
+ANCHOR = "base"
+METRIC_UNITS = {"AP": "%", "AP50": "%", "mask_AP": "%", "mask_AP50": "%", "top1": "%", "top5": "%",
+                "psnr": "dB", "ms_ssim": ""}
+CUBIC_MIN_POINTS = 4
+
+
+def curve(result: EvalResult, method: str, metric: str) -> tuple:
+    """``(bpp, metric)`` arrays of ``method``'s points, by increasing rate."""
+    points = sorted((r["bpp"], r[metric]) for r in result.rows if r["method"] == method)
+    return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
+
+
+def bd_table(result: EvalResult, method: str = "cubic") -> List[Dict[str, Any]]:
+    """BD-rate (%) and BD-metric of every method against the base codec, for every metric.
+
+    A curve with fewer than 4 points uses PCHIP instead of the cubic fit (said in
+    ``method``); a pair that cannot be compared (too few points, constant or
+    non-monotonic curves, no shared range) gets NaN and the reason in ``note``.
+    """
+    table = []
+    methods = [m for m in dict.fromkeys(r["method"] for r in result.rows) if m not in (ANCHOR, "uncompressed")]
+    if ANCHOR not in {r["method"] for r in result.rows}:
+        return table
+    for metric in list(result.metrics):
+        anchor = curve(result, ANCHOR, metric)
+        for test_method in methods:
+            test = curve(result, test_method, metric)
+            fit = method if min(anchor[0].size, test[0].size) >= CUBIC_MIN_POINTS else "pchip"
+            row = {"method": test_method, "anchor": ANCHOR, "metric": metric, "fit": fit,
+                   "bd_rate": math.nan, "bd_metric": math.nan, "note": ""}
+            try:
+                row["bd_rate"] = bd_rate(*anchor, *test, method=fit)
+                row["bd_metric"] = bd_metric(*anchor, *test, method=fit)
+            except InvalidInputError as exc:  # the reason goes into the table instead of stopping the report
+                row["note"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            table.append(row)
+    return table
+
+
+def write_points(result: EvalResult, table: Sequence[Dict[str, Any]], folder: Path, stem: str) -> Dict[str, Path]:
+    """Write ``<stem>.csv`` (one line per point) and ``<stem>.json`` (points, BD ``table``, labels); returns the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    columns = list(dict.fromkeys(key for row in result.rows for key in row))
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(result.rows)
+    summary = {
+        "task": result.task, "reference": result.reference, "task_model": result.task_model,
+        "codec": result.codec_label, "random_weights": result.random_weights,
+        "warning": RANDOM_BANNER if result.random_weights else None, "notes": result.notes,
+        "primary_metric": result.primary_metric, "points": result.rows, "bd": list(table),
+    }
+    json_path.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    return {"csv": csv_path, "json": json_path}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def plot_curves(result: EvalResult, path: Path) -> Path:
+    """One PNG with a panel per metric: each method's rate–metric curve, the uncompressed level dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result.metrics)
+    cols = min(2, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows + 0.9), squeeze=False)
+    methods = [m for m in dict.fromkeys(r["method"] for r in result.rows) if m != "uncompressed"]
+    ceiling = next((r for r in result.rows if r["method"] == "uncompressed"), None)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, names):
+        for method in methods:
+            rate, value = curve(result, method, metric)
+            ax.plot(rate, value, marker="o", label=method)
+        if ceiling is not None and math.isfinite(ceiling[metric]):
+            ax.axhline(ceiling[metric], color="grey", linestyle="--", label="uncompressed")
+        unit = METRIC_UNITS[metric]
+        ax.set_xlabel("bits per pixel (real bitstream)")
+        ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    title = f"{result.task}: {result.codec_label}\ntask model: {result.task_model}\nscored against {result.reference}"
+    if result.random_weights:
+        title = f"[{RANDOM_BANNER}]\n{title}"
+    fig.suptitle(title, fontsize=8, color="darkred" if result.random_weights else "black")
+    if result.random_weights:
+        fig.text(0.5, 0.5, RANDOM_BANNER, ha="center", va="center", fontsize=13, color="red", alpha=0.35,
+                 rotation=20, transform=fig.transFigure)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.9 / fig.get_figheight()))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def format_points(result: EvalResult) -> str:
+    """The points as an aligned text table."""
+    names = list(result.metrics)
+    lines = [f"{'method':<13}{'q':>4}{'bpp':>9}" + "".join(f"{n:>11}" for n in names)]
+    for row in result.rows:
+        rate = "-" if math.isnan(row["bpp"]) else f"{row['bpp']:.4f}"
+        quality = "-" if row["method"] == "uncompressed" else str(row["quality"])
+        lines.append(f"{row['method']:<13}{quality:>4}{rate:>9}" + "".join(f"{row[n]:>11.3f}" for n in names))
+    return "\n".join(lines)
+
+
+def format_bd_table(table: Sequence[Dict[str, Any]]) -> str:
+    """The BD table as aligned text (``n/a`` with the reason where a pair could not be compared)."""
+    if not table:
+        return "BD table: no base-codec curve to compare against"
+    lines = [f"{'method':<10}{'metric':<11}{'fit':<7}{'BD-rate':>11}{'BD-metric':>12}  note"]
+    for row in table:
+        rate = "n/a" if math.isnan(row["bd_rate"]) else f"{row['bd_rate']:+.2f} %"
+        value = "n/a" if math.isnan(row["bd_metric"]) else f"{row['bd_metric']:+.3f}"
+        lines.append(f"{row['method']:<10}{row['metric']:<11}{row['fit']:<7}{rate:>11}{value:>12}  {row['note']}")
+    return "\n".join(lines)

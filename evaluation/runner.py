@@ -1,0 +1,297 @@
+"""Rate–accuracy evaluation: every method at every quality on every image, scored (``icmh eval``).
+
+Protocol (METHOD.md): detection / segmentation code the image resized to short side 800
+(long side at most 1333; the codec pads to 64 and crops back) and map the detector's
+results back to the original image for COCO AP; classification codes the weights' own
+resize-256 + centre-crop-224 input; ``human`` codes the image as it is and scores PSNR
+and MS-SSIM against it. Rate is the real coded size in bits per pixel of the coded image.
+
+Each operating point (method, quality) becomes one row of metrics; the uncompressed
+input is scored too, as the ceiling (``method`` ``uncompressed``, no rate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torchvision.transforms.functional as TF
+from torch import Tensor
+from tqdm import tqdm
+
+from shared.adapter_checkpoint import read_adapters
+from shared.cli_common import adapter_files
+from shared.errors import AdapterMismatchError, InvalidInputError
+from shared.frame_codec import FrameCodec
+from shared.images import load_image
+from shared.models.registry import get_codec
+from shared.results import TaskResult
+from shared.tasks import Task
+from shared.weights import load_base_codec
+
+from .coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
+from .datasets import EvalSet, open_eval_set
+from .scoring import ClassificationScorer, make_scorer, pseudo_ground_truth
+
+METHODS = ("base", "adapted", "jpeg", "webp")
+REFERENCES = ("auto", "labels", "predictions")
+METRICS = {"detection": ("AP", "AP50"), "segmentation": ("mask_AP", "mask_AP50", "AP", "AP50"),
+           "classification": ("top1", "top5"), "human": ("psnr", "ms_ssim")}  # the first is the primary metric
+EVAL_SCORE_THRESHOLD = 0.05  # COCO evaluation keeps low-scoring detections (detectron2's test setting)
+
+
+@dataclass
+class EvalConfig:
+    """Everything an evaluation run needs (see ``icmh eval --help`` for each field)."""
+
+    task: str
+    data: Path
+    out: Path
+    codec: str = "mbt2018-mean"
+    qualities: Sequence[int] = (1, 2, 3, 4)
+    methods: Sequence[str] = METHODS
+    jpeg_qualities: Sequence[int] = (5, 10, 20, 40)
+    webp_qualities: Sequence[int] = (5, 10, 20, 40)
+    adapters: Sequence[Path] = ()
+    codec_weights: Optional[Path] = None
+    annotations: Optional[Path] = None
+    labels: Optional[Path] = None
+    images: Optional[int] = None
+    reference: str = "auto"
+    short_side: int = 800
+    max_side: int = 1333
+    max_proposals: Optional[int] = None
+    device: str = "cpu"
+    random_weights: bool = False  # task model
+    random_codec: bool = False
+    random_adapters: bool = False
+    seed: int = 0
+    bd_method: str = "cubic"
+
+
+@dataclass
+class EvalResult:
+    """The outcome: one row per operating point plus what produced it."""
+
+    task: str
+    reference: str  # "labels (FILE)" or "predictions of the task model on the uncompressed images"
+    task_model: str
+    codec_label: str
+    random_weights: bool
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric the BD table and the first plot use (AP, mask_AP, top1, psnr)."""
+        return METRICS[self.task][0]
+
+    @property
+    def metrics(self) -> Sequence[str]:
+        """The metric columns, primary first."""
+        return METRICS[self.task]
+
+
+def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
+    """Evaluate every method of ``config`` at every quality; see the module docstring.
+
+    Raises :class:`InvalidInputError` / :class:`AdapterMismatchError` /
+    :class:`~shared.errors.WeightsMissingError` before any coding starts when the
+    configuration cannot run.
+    """
+    task = Task.parse(config.task)
+    methods = _checked_methods(config, task)
+    eval_set = open_eval_set(task, config.data, annotations=config.annotations, labels=config.labels,
+                             limit=config.images)
+    reference = _reference_mode(config.reference, eval_set, task)
+    model = _task_model(task, config)
+    coders = list(_coders(config, task, methods))  # loads every codec and adapter file up front
+    inputs = [(item, _model_input(task, model, load_image(item.path), config)) for item in eval_set.images]
+
+    references = {item.image_id: _infer(task, model, image) for item, image in inputs} if model else {}
+    result = EvalResult(
+        task=task.value, reference=_reference_text(reference, eval_set, task), task_model=_model_label(model),
+        codec_label=_codec_label(coders), random_weights=config.random_weights or any(c.random_weights for c in coders),
+    )
+    if reference == "predictions":
+        result.notes.append("no labels were used: accuracy is measured against the task model's own results on "
+                            "the uncompressed images (fidelity), not against ground truth")
+    scorer_args = _scorer_args(task, eval_set, reference, references)
+    uncompressed = make_scorer(task.value, **scorer_args)
+    for item, image in inputs:
+        _score(uncompressed, task, item.image_id, image, image, references.get(item.image_id))
+    result.rows.append(_row("uncompressed", 0, math.nan, len(inputs), uncompressed.compute(), "no coding", False))
+
+    bar = tqdm(total=len(coders) * len(inputs), desc=f"eval {task.value}", unit="img", disable=not progress)
+    for coder in coders:
+        scorer, rates = make_scorer(task.value, **scorer_args), []
+        for item, image in inputs:
+            coded = coder.code(image)
+            rates.append(coded.bpp)
+            _score(scorer, task, item.image_id, image, coded.image, _infer(task, model, coded.image) if model else None)
+            bar.update()
+        bpp = sum(rates) / len(rates)
+        result.rows.append(_row(coder.method, coder.quality, bpp, len(inputs), scorer.compute(), coder.label,
+                                coder.random_weights))
+        bar.set_postfix_str(f"{coder.method} q{coder.quality}: {bpp:.3f} bpp")
+    bar.close()
+    return result
+
+
+def _checked_methods(config: EvalConfig, task: Task) -> List[str]:
+    unknown = [m for m in config.methods if m not in METHODS]
+    if unknown:
+        raise InvalidInputError(f"unknown method(s) {', '.join(unknown)} (valid: {', '.join(METHODS)})")
+    if config.reference not in REFERENCES:
+        raise InvalidInputError(f"unknown reference {config.reference!r} (valid: {', '.join(REFERENCES)})")
+    spec = get_codec(config.codec)
+    for quality in config.qualities:
+        spec.check_quality(quality)
+    for name, qualities in (("jpeg", config.jpeg_qualities), ("webp", config.webp_qualities)):
+        if name in config.methods and any(not 0 <= q <= 100 for q in qualities):
+            raise InvalidInputError(f"{name} qualities must be within 0–100, got {list(qualities)}")
+    if config.codec_weights is not None and len(config.qualities) > 1:
+        raise InvalidInputError("--codec-weights is one file for one quality; give a single --qualities value")
+    methods = list(dict.fromkeys(config.methods))
+    if task is Task.HUMAN and "adapted" in methods:
+        methods.remove("adapted")  # human is the base codec itself
+    if not methods:
+        raise InvalidInputError("no method left to evaluate")
+    return methods
+
+
+def _reference_mode(asked: str, eval_set: EvalSet, task: Task) -> str:
+    if task is Task.HUMAN:
+        return "original"
+    if asked == "labels" and not eval_set.has_labels:
+        raise InvalidInputError(f"the images have no {task.value} labels here; pass --annotations/--labels, or "
+                                f"--reference predictions to score against the task model's uncompressed results")
+    if asked == "auto":
+        return "labels" if eval_set.has_labels else "predictions"
+    return asked
+
+
+def _reference_text(reference: str, eval_set: EvalSet, task: Task) -> str:
+    if reference == "labels":
+        return f"labels ({eval_set.labels_source})"
+    if reference == "original":
+        return "the original images"
+    return f"predictions of the {task.value} model on the uncompressed images (fidelity, no labels)"
+
+
+def _task_model(task: Task, config: EvalConfig) -> Any:
+    if task is Task.HUMAN:
+        return None
+    from cloud_server.backends import build_backend
+
+    options: Dict[str, Any] = {"seed": config.seed}
+    if task is not Task.CLASSIFICATION:
+        options.update(min_size=config.short_side, max_size=config.max_side, max_proposals=config.max_proposals)
+    return build_backend(task, random_weights=config.random_weights, device=config.device,
+                         score_threshold=EVAL_SCORE_THRESHOLD, **options)
+
+
+def _model_label(model: Any) -> str:
+    if model is None:
+        return "none (PSNR / MS-SSIM against the original)"
+    return f"{model.name} ({model.weights_label})"
+
+
+def _model_input(task: Task, model: Any, image: Tensor, config: EvalConfig) -> Tensor:
+    """The image the codec codes: the protocol's resize (and crop) of ``image``."""
+    if task is Task.CLASSIFICATION:
+        return model.model_input(image)
+    if task in (Task.DETECTION, Task.SEGMENTATION):
+        return resize_short_side(image, config.short_side, config.max_side)
+    return image
+
+
+def resize_short_side(image: Tensor, short: int, longest: int) -> Tensor:
+    """``image`` scaled so its short side is ``short`` and its long side at most ``longest`` (bilinear)."""
+    height, width = image.shape[-2:]
+    scale = min(short / min(height, width), longest / max(height, width))
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    if size == [height, width]:
+        return image
+    return TF.resize(image, size, antialias=True).clamp_(0, 1)
+
+
+def _infer(task: Task, model: Any, image: Tensor) -> TaskResult:
+    if task is Task.CLASSIFICATION:
+        return model.classify([image])[0]
+    return model.infer([image])[0]
+
+
+def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict[int, TaskResult]) -> Dict[str, Any]:
+    if task in (Task.DETECTION, Task.SEGMENTATION):
+        truth = eval_set.coco if reference == "labels" else pseudo_ground_truth(references, task is Task.SEGMENTATION)
+        return {"ground_truth": truth}
+    if task is Task.CLASSIFICATION:
+        if reference == "labels":
+            return {"labels": {item.image_id: item.label for item in eval_set.images}}
+        return {"labels": ClassificationScorer.from_reference(references).labels}
+    return {}
+
+
+def _score(scorer: Any, task: Task, image_id: int, original: Tensor, decoded: Tensor,
+           result: Optional[TaskResult]) -> None:
+    if task is Task.HUMAN:
+        scorer.add(original, decoded)
+    else:
+        scorer.add(image_id, result)
+
+
+def _row(method: str, quality: int, bpp: float, count: int, metrics: Dict[str, float], label: str,
+         random_weights: bool) -> Dict[str, Any]:
+    return {"method": method, "quality": quality, "bpp": bpp, "images": count, **metrics, "coder": label,
+            "random_weights": random_weights}
+
+
+def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[ImageCoder]:
+    learned = [m for m in methods if m in ("base", "adapted")]
+    adapter_files = _adapter_files_by_quality(config, task) if "adapted" in learned else {}
+    for quality in config.qualities if learned else ():
+        loaded = load_base_codec(config.codec, quality, weights=config.codec_weights,
+                                 random_weights=config.random_codec, seed=config.seed)
+        frame_codec = FrameCodec(loaded, device=config.device)
+        codec_random = not loaded.pretrained
+        if "base" in learned:
+            yield LearnedCoder(frame_codec, Task.HUMAN, "base", loaded.label, codec_random)
+        if "adapted" in learned:
+            if quality in adapter_files:
+                meta = frame_codec.load_adapters(adapter_files[quality], task)
+                label, random_adapters = f"{loaded.label} + {task.value} adapters ({adapter_files[quality].name})", \
+                    meta.random_weights
+            else:
+                frame_codec.add_random_adapters(task, config.seed)
+                label, random_adapters = f"{loaded.label} + RANDOM {task.value} adapters (seed {config.seed})", True
+            yield LearnedCoder(frame_codec, task, "adapted", label, codec_random or random_adapters)
+    for method in (m for m in methods if m in PILLOW_FORMATS):
+        for quality in (config.jpeg_qualities if method == "jpeg" else config.webp_qualities):
+            yield PillowCoder(method, quality)
+
+
+def _adapter_files_by_quality(config: EvalConfig, task: Task) -> Dict[int, Path]:
+    """The adapter file for each quality, from ``config.adapters`` (files or folders)."""
+    found: Dict[int, Path] = {}
+    for path in adapter_files(config.adapters):
+        meta, _ = read_adapters(path)
+        if meta.codec == config.codec and meta.task == task.value and meta.quality in config.qualities:
+            if meta.quality in found:
+                raise AdapterMismatchError(f"two {task.value} adapter files for {config.codec} q{meta.quality}: "
+                                           f"{found[meta.quality]} and {path}")
+            found[meta.quality] = path
+    missing = [q for q in config.qualities if q not in found]
+    if missing and not config.random_adapters:
+        raise AdapterMismatchError(
+            f"no {task.value} adapters for {config.codec} at quality {', '.join(map(str, missing))}: pass --adapters "
+            f"FILE|DIR (made by 'icmh train'), --random-adapters for a smoke run, or leave 'adapted' out of --methods"
+        )
+    return found
+
+
+def _codec_label(coders: Sequence[ImageCoder]) -> str:
+    labels = [c.label for c in coders if c.method == "base"]
+    return "; ".join(labels) if labels else "none"
