@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -16,8 +18,10 @@ from shared.errors import IcmhError, InvalidInputError
 from shared.images import save_image
 from shared.tasks import Task
 
+from .auth import TOKENS_ENV, load_tokens
 from .backends.base import families
 from .server import ServerConfig, serve
+from .tls import load_server_tls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +51,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-frames", action="store_true", help="log one line per frame (default: per stream)")
     parser.add_argument("--input-dir", type=Path, help="offline mode: folder of .icmh frames to decode")
     parser.add_argument("--output-dir", type=Path, help="offline mode: folder for PNGs and results.jsonl")
+    add_security_options(parser)
     add_codec_options(parser)
     return parser
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    """Add TLS, token and connection-age options (all off by default)."""
+    group = parser.add_argument_group("security and load balancing (all off by default)")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate chain (PEM); turns on TLS")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert (PEM, unencrypted)")
+    group.add_argument("--tls-client-ca", type=Path, metavar="FILE",
+                       help="CA of the client certificates (PEM): clients must present one (mutual TLS)")
+    group.add_argument("--auth-tokens-file", type=Path, metavar="FILE",
+                       help=f"accepted bearer tokens, one per line (# comments); default: ${TOKENS_ENV} "
+                            "(comma-separated). Health checks and reflection need no token")
+    group.add_argument("--max-connection-age", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                       help="send GOAWAY to connections older than this, so long streams rebalance behind a "
+                            "load balancer (default 0: off)")
+    group.add_argument("--max-connection-age-grace", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                       help="then close them after this many seconds; the edge client resends unanswered frames "
+                            "(default 0: wait for the calls to end)")
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def decode_folder(args: argparse.Namespace) -> int:
@@ -90,12 +130,20 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         warn_random_weights("cloud-server")
     if args.input_dir is not None:
         return decode_folder(args)
+    tls = load_server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
+    tokens = load_tokens(args.auth_tokens_file)
+    missing = [name for name, on in (("TLS", tls is not None), ("bearer tokens", bool(tokens))) if not on]
+    if missing and not _is_loopback(args.host):
+        print(f"warning: cloud-server on {args.host} without {' and '.join(missing)}: whoever reaches the port "
+              "can read or send frames (see the README's security section)", file=sys.stderr, flush=True)
     config = ServerConfig(
         codec=codec_options(args), host=args.host, port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         tasks=[Task.parse(name.strip()) for name in args.tasks.split(",") if name.strip()],
         max_pending=args.max_pending, grace_seconds=args.grace, score_threshold=args.score_threshold,
         backend_family=args.backend, detector_min_size=args.detector_min_size, log_frames=args.log_frames,
+        tls=tls, auth_tokens=tokens, max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace,
     )
     return asyncio.run(serve(config))
 

@@ -2,6 +2,8 @@
 
 On SIGTERM or SIGINT the health service goes NOT_SERVING, the server stops accepting
 calls, in-flight frames get ``grace`` seconds to finish, then the process exits 0.
+TLS (:mod:`.tls`), bearer tokens (:mod:`.auth`) and a maximum connection age are off
+unless configured.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,10 +27,12 @@ from shared.proto.icmh.v1 import icmh_pb2 as pb
 from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
 from shared.tasks import Task
 
+from .auth import BearerTokenInterceptor
 from .backends.base import TaskBackend, build_backend
 from .metrics import CloudMetrics
 from .pipeline import Pipeline
 from .service import InferenceService
+from .tls import ServerTls
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -49,11 +53,31 @@ class ServerConfig:
     backend_family: str = "torchvision"
     detector_min_size: Optional[int] = None
     log_frames: bool = False
+    tls: Optional[ServerTls] = None
+    auth_tokens: Sequence[str] = ()
+    max_connection_age: float = 0.0  # seconds; 0: connections live as long as their client wants
+    max_connection_age_grace: float = 0.0  # seconds calls get after the GOAWAY; 0: as long as they need
 
     @property
     def max_message_bytes(self) -> int:
         """Largest gRPC message accepted: one maximal frame plus room for the envelope."""
         return self.codec.limits.max_frame_bytes + 64 * 1024
+
+    def grpc_options(self) -> List[Tuple[str, int]]:
+        """Channel arguments of the server: message sizes and, if set, the maximum connection age."""
+        options = [("grpc.max_receive_message_length", self.max_message_bytes),
+                   ("grpc.max_send_message_length", self.max_message_bytes)]
+        if self.max_connection_age > 0:
+            options.append(("grpc.max_connection_age_ms", round(1e3 * self.max_connection_age)))
+        if self.max_connection_age_grace > 0:
+            options.append(("grpc.max_connection_age_grace_ms", round(1e3 * self.max_connection_age_grace)))
+        return options
+
+    def security_label(self) -> str:
+        """How the port is protected, for the start-up line: e.g. ``mutual TLS, 2 bearer token(s)``."""
+        transport = "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS"
+        auth = f"{len(self.auth_tokens)} bearer token(s)" if self.auth_tokens else "no auth"
+        return f"{transport}, {auth}"
 
 
 def build_pipeline(config: ServerConfig, metrics: CloudMetrics) -> Pipeline:
@@ -74,9 +98,8 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
     """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
     metrics = metrics or CloudMetrics()
     pipeline = pipeline or build_pipeline(config, metrics)
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes)]
-    server = grpc.aio.server(options=options)
+    interceptors = [BearerTokenInterceptor(config.auth_tokens)] if config.auth_tokens else []
+    server = grpc.aio.server(options=config.grpc_options(), interceptors=interceptors)
     service = InferenceService(pipeline, metrics, config.codec.limits, config.max_pending,
                                config.max_message_bytes, config.log_frames)
     pb_grpc.add_InferenceServiceServicer_to_server(service, server)
@@ -84,7 +107,9 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                          reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    port = (server.add_insecure_port(address) if config.tls is None
+            else server.add_secure_port(address, config.tls.credentials()))
     metrics_server = None
     if config.metrics_port is not None:
         metrics_server = start_metrics_server(config.metrics_port, metrics.registry, config.host)
@@ -93,8 +118,8 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics_server[0].server_port if metrics_server else None
     print(f"cloud-server listening on {config.host}:{port} (metrics on port {metrics_port}); "
-          f"tasks: {', '.join(t.value for t in pipeline.tasks)}; codec {pipeline.frame_codec.loaded.label}",
-          flush=True)
+          f"tasks: {', '.join(t.value for t in pipeline.tasks)}; codec {pipeline.frame_codec.loaded.label}; "
+          f"{config.security_label()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

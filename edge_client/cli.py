@@ -1,8 +1,9 @@
 """``edge-client``: capture frames, encode them for a task, stream them to the cloud server.
 
-With ``--server`` frames go over one gRPC ``StreamInfer`` session and the results come
-back (``--output results.jsonl``, one JSON object per frame); with ``--save-dir`` each
-frame is written to a file instead (offline).
+With ``--server`` frames go over ``--streams`` gRPC ``StreamInfer`` calls (TLS and a
+bearer token where configured) and the results come back in frame order (``--output
+results.jsonl``, one JSON object per frame); with ``--save-dir`` each frame is written to
+a file instead (offline).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared.metrics_common import start_metrics_server, stop_metrics_server
 from shared.result_proto import result_from_proto
 from shared.tasks import Task
 
+from .connection import TOKEN_ENV, ClientSecurity, load_client_security
 from .metrics import EdgeMetrics
 from .sources import open_source
 from .streaming import FrameOutcome, FrameStreamer, StreamStats
@@ -46,16 +48,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", default=Task.DETECTION.value, help="human, detection, segmentation or "
                         "classification (default: detection)")
     parser.add_argument("--frames", type=positive_int, default=None, help="stop after N frames (demo default: 16)")
-    parser.add_argument("--server", metavar="HOST:PORT", help="cloud server (also dns:///name:port, round-robin)")
-    parser.add_argument("--window", type=positive_int, default=4, help="frames in flight (default: 4)")
+    parser.add_argument("--server", metavar="TARGET",
+                        help="cloud server: HOST:PORT, or dns:///NAME:PORT or ipv4:A:PORT,B:PORT to balance "
+                             "streams round-robin over every address")
+    parser.add_argument("--window", type=positive_int, default=4, help="frames in flight per stream (default: 4)")
+    parser.add_argument("--streams", type=positive_int, default=1,
+                        help="concurrent StreamInfer calls; each stays on one server, so N streams spread over up "
+                             "to N servers; results still come in frame order (default: 1)")
     parser.add_argument("--output", type=Path, help="results as JSON lines, one per frame (with --server)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: pick a free one)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach the server")
     parser.add_argument("--reconnect-budget", type=float, default=60.0,
                         help="seconds the server may stay away before the client gives up (default 60)")
     parser.add_argument("--save-dir", type=Path, help="offline: folder for frame_NNNNNN.icmh files")
+    add_security_options(parser)
     add_codec_options(parser)
     return parser
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    """Add the TLS and token options (plaintext without a token unless given)."""
+    group = parser.add_argument_group("security (off unless given)")
+    group.add_argument("--tls-ca", type=Path, metavar="FILE",
+                       help="CA certificate(s) that signed the server's certificate (PEM); turns on TLS")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="client certificate chain for mutual TLS (PEM)")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="private key of --tls-cert (PEM, unencrypted)")
+    group.add_argument("--tls-server-name", metavar="NAME",
+                       help="name to check the server certificate against instead of the target's host")
+    group.add_argument("--token-file", type=Path, metavar="FILE",
+                       help=f"bearer token to send (one line); default: ${TOKEN_ENV}")
+
+
+def client_security(args: argparse.Namespace) -> ClientSecurity:
+    """Read the TLS files and the token of ``args``; warns when a token would travel without TLS."""
+    security = load_client_security(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name, args.token_file)
+    if security.token and not security.tls:
+        print("warning: sending the bearer token without TLS (no --tls-ca): only for loopback or a trusted "
+              "network", file=sys.stderr, flush=True)
+    return security
 
 
 def _source(args: argparse.Namespace):
@@ -117,8 +147,12 @@ def _outcome_json(outcome: FrameOutcome) -> dict:
 
 
 def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Task,
-           metrics: EdgeMetrics) -> int:
-    """Stream ``frames`` to ``args.server``; returns the exit status."""
+           metrics: EdgeMetrics, security: Optional[ClientSecurity] = None) -> int:
+    """Stream ``frames`` to ``args.server``; returns the exit status.
+
+    Raises:
+        ServerUnreachableError, AccessRefusedError: see :meth:`FrameStreamer.run`.
+    """
     live = LiveLine()
     output = open(args.output, "w", encoding="utf-8") if args.output else None
 
@@ -133,7 +167,8 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
 
     streamer = FrameStreamer(args.server, window=args.window, live=args.camera is not None, metrics=metrics,
                              task=task.value, connect_timeout=args.connect_timeout,
-                             reconnect_budget=args.reconnect_budget, on_result=on_result)
+                             reconnect_budget=args.reconnect_budget, on_result=on_result, streams=args.streams,
+                             security=security)
     try:
         stats: StreamStats = asyncio.run(streamer.run(_encoded(frames, frame_codec, task, metrics)))
     finally:
@@ -165,6 +200,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     task = Task.parse(args.task)
     if (args.server is None) == (args.save_dir is None):
         raise InvalidInputError("give exactly one of --server HOST:PORT (stream) or --save-dir DIR (offline)")
+    security = client_security(args) if args.server else None  # bad files fail before any work
     if args.random_weights:
         warn_random_weights("edge-client")
     frames = iter(_source(args))
@@ -177,7 +213,9 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     metrics = EdgeMetrics()
     metrics_server = start_metrics_server(args.metrics_port, metrics.registry) if args.metrics_port is not None else None
     try:
-        return (stream if args.server else save)(args, frames, frame_codec, task, metrics)
+        if args.server:
+            return stream(args, frames, frame_codec, task, metrics, security)
+        return save(args, frames, frame_codec, task, metrics)
     finally:
         if metrics_server:
             stop_metrics_server(*metrics_server)

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,8 +25,8 @@ CODEC = ["--codec", "mbt2018-mean-tiny", "--quality", "1", "--random-weights"]
 class ServerProcess:
     """A cloud-server child process on free loopback ports."""
 
-    def __init__(self, *extra: str, port: int = 0) -> None:
-        env = dict(os.environ, ICMH_OFFLINE="1")
+    def __init__(self, *extra: str, port: int = 0, env: Optional[Dict[str, str]] = None) -> None:
+        env = dict(os.environ, ICMH_OFFLINE="1", **(env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cloud_server.cli", "--port", str(port), "--metrics-port", "0",
              "--detector-min-size", "256", *CODEC, *extra],
@@ -61,6 +63,30 @@ class ServerProcess:
         code = self.proc.wait(timeout=60)
         self._reader.join(timeout=5)
         return code
+
+
+def start_servers(*argument_lists: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[ServerProcess]:
+    """Start one server per argument list, all at once (start-up is mostly importing torch)."""
+    with ThreadPoolExecutor(len(argument_lists)) as pool:
+        futures = [pool.submit(ServerProcess, *arguments, env=env) for arguments in argument_lists]
+        servers, errors = [], []
+        for future in futures:
+            try:
+                servers.append(future.result())
+            except Exception as exc:  # stop the ones that did start before reporting
+                errors.append(exc)
+    if errors:
+        stop_servers(servers)
+        raise errors[0]
+    return servers
+
+
+def stop_servers(servers: Sequence[ServerProcess]) -> List[int]:
+    """SIGTERM every server at once and wait for each; returns their exit codes."""
+    if not servers:
+        return []
+    with ThreadPoolExecutor(len(servers)) as pool:
+        return list(pool.map(ServerProcess.stop, servers))
 
 
 def free_port() -> int:
