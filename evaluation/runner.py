@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torchvision.transforms.functional as TF
 from torch import Tensor
@@ -32,13 +32,14 @@ from shared.tasks import Task
 from shared.weights import load_base_codec
 
 from .coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
-from .datasets import EvalSet, open_eval_set
+from .datasets import EvalImage, EvalSet, open_eval_set
 from .scoring import ClassificationScorer, make_scorer, pseudo_ground_truth
 
 METHODS = ("base", "adapted", "jpeg", "webp")
 REFERENCES = ("auto", "labels", "predictions")
 METRICS = {"detection": ("AP", "AP50"), "segmentation": ("mask_AP", "mask_AP50", "AP", "AP50"),
            "classification": ("top1", "top5"), "human": ("psnr", "ms_ssim")}  # the first is the primary metric
+CHUNK = 16  # images coded before the task model runs on them as one batch
 EVAL_SCORE_THRESHOLD = 0.05  # COCO evaluation keeps low-scoring detections (detectron2's test setting)
 
 
@@ -106,11 +107,12 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     eval_set = open_eval_set(task, config.data, annotations=config.annotations, labels=config.labels,
                              limit=config.images)
     reference = _reference_mode(config.reference, eval_set, task)
-    model = _task_model(task, config)
     coders = list(_coders(config, task, methods))  # loads every codec and adapter file up front
+    model = _task_model(task, config)
     inputs = [(item, _model_input(task, model, load_image(item.path), config)) for item in eval_set.images]
 
-    references = {item.image_id: _infer(task, model, image) for item, image in inputs} if model else {}
+    images = [image for _, image in inputs]
+    references = dict(zip((item.image_id for item, _ in inputs), _infer_all(task, model, images))) if model else {}
     result = EvalResult(
         task=task.value, reference=_reference_text(reference, eval_set, task), task_model=_model_label(model),
         codec_label=_codec_label(coders), random_weights=config.random_weights or any(c.random_weights for c in coders),
@@ -120,18 +122,21 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
                             "the uncompressed images (fidelity), not against ground truth")
     scorer_args = _scorer_args(task, eval_set, reference, references)
     uncompressed = make_scorer(task.value, **scorer_args)
-    for item, image in inputs:
-        _score(uncompressed, task, item.image_id, image, image, references.get(item.image_id))
+    _add_scores(uncompressed, task, inputs, images, [references.get(item.image_id) for item, _ in inputs])
     result.rows.append(_row("uncompressed", 0, math.nan, len(inputs), uncompressed.compute(), "no coding", False))
 
     bar = tqdm(total=len(coders) * len(inputs), desc=f"eval {task.value}", unit="img", disable=not progress)
     for coder in coders:
         scorer, rates = make_scorer(task.value, **scorer_args), []
-        for item, image in inputs:
-            coded = coder.code(image)
-            rates.append(coded.bpp)
-            _score(scorer, task, item.image_id, image, coded.image, _infer(task, model, coded.image) if model else None)
-            bar.update()
+        for start in range(0, len(inputs), CHUNK):  # code a chunk, then run the task model on it as one batch
+            chunk = inputs[start:start + CHUNK]
+            decoded = []
+            for _, image in chunk:
+                coded = coder.code(image)
+                decoded.append(coded.image)
+                rates.append(coded.bpp)
+                bar.update()
+            _add_scores(scorer, task, chunk, decoded, _infer_all(task, model, decoded))
         bpp = sum(rates) / len(rates)
         result.rows.append(_row(coder.method, coder.quality, bpp, len(inputs), scorer.compute(), coder.label,
                                 coder.random_weights))
@@ -218,10 +223,14 @@ def resize_short_side(image: Tensor, short: int, longest: int) -> Tensor:
     return TF.resize(image, size, antialias=True).clamp_(0, 1)
 
 
-def _infer(task: Task, model: Any, image: Tensor) -> TaskResult:
+def _infer_all(task: Task, model: Any, images: Sequence[Tensor]) -> List[Optional[TaskResult]]:
+    """The task model's results for ``images`` (classification as one batch; detectors image by image,
+    since batching pads images and changes their outputs). ``None`` for each image when there is no model."""
+    if model is None:
+        return [None] * len(images)
     if task is Task.CLASSIFICATION:
-        return model.classify([image])[0]
-    return model.infer([image])[0]
+        return model.classify(images)
+    return [model.infer([image])[0] for image in images]
 
 
 def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict[int, TaskResult]) -> Dict[str, Any]:
@@ -235,12 +244,14 @@ def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict
     return {}
 
 
-def _score(scorer: Any, task: Task, image_id: int, original: Tensor, decoded: Tensor,
-           result: Optional[TaskResult]) -> None:
-    if task is Task.HUMAN:
-        scorer.add(original, decoded)
-    else:
-        scorer.add(image_id, result)
+def _add_scores(scorer: Any, task: Task, inputs: Sequence[Tuple[EvalImage, Tensor]], decoded: Sequence[Tensor],
+                results: Sequence[Optional[TaskResult]]) -> None:
+    """Add each image's reconstruction (``human``) or task result (other tasks) to ``scorer``."""
+    for (item, image), reconstruction, task_result in zip(inputs, decoded, results):
+        if task is Task.HUMAN:
+            scorer.add(image, reconstruction)
+        else:
+            scorer.add(item.image_id, task_result)
 
 
 def _row(method: str, quality: int, bpp: float, count: int, metrics: Dict[str, float], label: str,
