@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "to N servers; results still come in frame order (default: 1)")
     parser.add_argument("--output", type=Path, help="results as JSON lines, one per frame (with --server)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: pick a free one)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address the metrics port listens on (default: 127.0.0.1; 0.0.0.0 for a Prometheus "
+                             "on another host or container; it serves numbers only, never frame content)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach the server")
     parser.add_argument("--reconnect-budget", type=float, default=60.0,
                         help="seconds the server may stay away before the client gives up (default 60)")
@@ -211,7 +214,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     frames = itertools.chain([first], frames)
     frame_codec = open_frame_codec(codec_options(args), [task])
     metrics = EdgeMetrics()
-    metrics_server = start_metrics_server(args.metrics_port, metrics.registry) if args.metrics_port is not None else None
+    metrics_server = start_metrics_server(args.metrics_port, metrics.registry, args.metrics_host) if args.metrics_port is not None else None
     try:
         if args.server:
             return stream(args, frames, frame_codec, task, metrics, security)

@@ -106,11 +106,11 @@ def test_demo_edge_streams_the_demo_scene_to_the_server_over_grpc(compose):
     args = build_parser().parse_args(command[1:])
     assert args.demo and args.server == "cloud-server:50051" and args.metrics_port == 9101
     assert args.save_dir is None
-    # it shares Prometheus' network namespace: Prometheus scrapes it on localhost
-    assert edge["network_mode"] == "service:prometheus"
+    # its metrics listen on the compose network, where Prometheus scrapes the service name
+    assert args.metrics_host == "0.0.0.0" and "network_mode" not in edge
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
-    assert targets["icmh-edge"] == [f"localhost:{args.metrics_port}"]
+    assert targets["icmh-edge"] == [f"edge:{args.metrics_port}"]
     assert targets["icmh-cloud-server"] == ["cloud-server:9100"]
 
 
