@@ -21,7 +21,7 @@ demo: venv
 	VENV=$(VENV) DEMO_OUT=$(DEMO_OUT) scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 bench: venv
 	$(VENV)/bin/icmh bench codec --codec mbt2018-mean-tiny --quality 1 --random-weights

@@ -304,5 +304,11 @@ def _adapter_files_by_quality(config: EvalConfig, task: Task) -> Dict[int, Path]
 
 
 def _codec_label(coders: Sequence[ImageCoder]) -> str:
-    labels = [c.label for c in coders if c.method == "base"]
-    return "; ".join(labels) if labels else "none"
+    """One line for all learned qualities, e.g. ``mbt2018-mean q1,2,3,4 (pretrained; first: ...)``."""
+    loaded = list({id(c.frame_codec): c.frame_codec.loaded for c in coders if isinstance(c, LearnedCoder)}.values())
+    if not loaded:
+        return "none (JPEG / WebP only)"
+    qualities = ",".join(str(item.quality) for item in loaded)
+    kind = "pretrained" if all(item.pretrained for item in loaded) else "RANDOM WEIGHTS"
+    more = f"; q{loaded[0].quality}: {loaded[0].source}" + (" …" if len(loaded) > 1 else "")
+    return f"{loaded[0].spec.name} q{qualities} ({kind}{more})"

@@ -220,7 +220,7 @@ def _eval(tmp_path: Path, capsys, *argv: str) -> tuple:
 
 def test_eval_classification_scores_top1_against_labels_csv(tmp_path, capsys, imagenet_dir):
     code, out, err = _eval(tmp_path, capsys, "--task", "classification", "--data", str(imagenet_dir),
-                           "--images", "4", *TINY, "--qualities", "1,2", "--methods", "base,adapted,jpeg",
+                           "--images", "3", *TINY, "--qualities", "1,2", "--methods", "base,adapted,jpeg",
                            "--jpeg-qualities", "10,50", "--random-weights", "--random-adapters")
     assert code == 0, err
     summary = json.loads((tmp_path / "eval-classification.json").read_text())
@@ -228,7 +228,7 @@ def test_eval_classification_scores_top1_against_labels_csv(tmp_path, capsys, im
     assert "labels.csv" in summary["reference"]
     # the uncompressed row's top-1, recomputed here from labels.csv and the same (seeded) model
     model = build_backend("classification", random_weights=True, device="cpu")
-    items = open_eval_set(Task.CLASSIFICATION, imagenet_dir, limit=4).images
+    items = open_eval_set(Task.CLASSIFICATION, imagenet_dir, limit=3).images
     hits = [model.infer([load_image(i.path)])[0].classes[0].index == i.label for i in items]
     rows = {(r["method"], r["quality"]): r for r in summary["points"]}
     assert rows[("uncompressed", 0)]["top1"] == pytest.approx(100 * sum(hits) / len(hits))
@@ -272,7 +272,7 @@ def test_eval_detection_on_coco_mini_gives_pycocotools_ap_curves_plot_and_bd_tab
 
 
 def test_eval_human_psnr_rises_with_jpeg_quality_and_bd_is_computed(tmp_path, capsys, kodak_dir):
-    code, out, err = _eval(tmp_path, capsys, "--task", "human", "--data", str(kodak_dir), "--images", "2",
+    code, out, err = _eval(tmp_path, capsys, "--task", "human", "--data", str(kodak_dir), "--images", "1",
                            *TINY, "--qualities", "1,2,3,4", "--methods", "base,jpeg,webp",
                            "--jpeg-qualities", "5,10,20,40", "--webp-qualities", "5,10,20,40")
     assert code == 0, err
