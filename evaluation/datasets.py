@@ -19,7 +19,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from shared.errors import InvalidInputError
 from shared.tasks import Task
@@ -92,17 +92,22 @@ def _folder_set(data: Path, limit: Optional[int]) -> EvalSet:
     return EvalSet([EvalImage(path, i) for i, path in enumerate(files[:limit])])
 
 
-def _coco_set(data: Path, annotations: Path, limit: Optional[int]) -> EvalSet:
+def coco_index(dataset: Dict[str, Any]) -> Any:
+    """A pycocotools ``COCO`` ground truth over ``dataset`` (a COCO instances dict), built quietly."""
     from pycocotools.coco import COCO
 
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
+    return coco
+
+
+def _coco_set(data: Path, annotations: Path, limit: Optional[int]) -> EvalSet:
     if not Path(annotations).is_file():
         raise InvalidInputError(f"annotations file {annotations} does not exist")
     try:
-        content = json.loads(Path(annotations).read_text())
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-            coco = COCO()
-            coco.dataset = content
-            coco.createIndex()
+        coco = coco_index(json.loads(Path(annotations).read_text()))
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInputError(f"{annotations} is not a COCO instances file: {exc}") from None
     split = annotations.stem.split("_", 1)[-1]  # instances_val2017 -> val2017

@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.errors import InvalidInputError
 
-from .bjontegaard import bd_metric, bd_rate
+from .bjontegaard import DEFAULT_METHOD, bd_metric, bd_rate
 from .runner import EvalResult
 
 RANDOM_BANNER = "RANDOM WEIGHTS: these figures are NOT those of trained models"
@@ -31,7 +31,7 @@ def curve(result: EvalResult, method: str, metric: str) -> tuple:
     return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
 
 
-def bd_table(result: EvalResult, method: str = "cubic") -> List[Dict[str, Any]]:
+def bd_table(result: EvalResult, method: str = DEFAULT_METHOD) -> List[Dict[str, Any]]:
     """BD-rate (%) and BD-metric of every method against the base codec, for every metric.
 
     A curve with fewer than 4 points uses PCHIP instead of the cubic fit (said in

@@ -49,7 +49,6 @@ class EvalConfig:
 
     task: str
     data: Path
-    out: Path
     codec: str = "mbt2018-mean"
     qualities: Sequence[int] = (1, 2, 3, 4)
     methods: Sequence[str] = METHODS
@@ -69,7 +68,6 @@ class EvalConfig:
     random_codec: bool = False
     random_adapters: bool = False
     seed: int = 0
-    bd_method: str = "cubic"
 
 
 @dataclass

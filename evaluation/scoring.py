@@ -18,9 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
+from pycocotools.cocoeval import COCOeval
+from pytorch_msssim import ms_ssim
 from torch import Tensor
 
 from shared.results import TaskResult
+
+from .datasets import coco_index
 
 PSEUDO_LABEL_SCORE = 0.5  # fidelity mode: reference detections at or above this score count as objects
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim's 5 scales with an 11-pixel window
@@ -68,8 +72,6 @@ def coco_ap(ground_truth: Any, results: Sequence[Mapping[str, Any]], image_ids: 
 
     No detection at all scores 0; a ground truth with no object in those images gives NaN.
     """
-    from pycocotools.cocoeval import COCOeval
-
     usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
     if not any(ground_truth.getAnnIds(imgIds=list(image_ids), iscrowd=None)):
         return math.nan, math.nan
@@ -105,8 +107,6 @@ def pseudo_ground_truth(references: Mapping[int, TaskResult], masks: bool, score
     ``references`` maps image id → the model's result; detections scoring at least
     ``score`` become objects (box area, or mask area with ``masks``).
     """
-    from pycocotools.coco import COCO
-
     from cloud_server.backends.coco import category_ids, category_names
 
     images, annotations = [], []
@@ -127,11 +127,7 @@ def pseudo_ground_truth(references: Mapping[int, TaskResult], masks: bool, score
     names = category_names()
     dataset = {"images": images, "annotations": annotations,
                "categories": [{"id": i, "name": names[i]} for i in category_ids()]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = dataset
-        coco.createIndex()
-    return coco
+    return coco_index(dataset)
 
 
 class ClassificationScorer:
@@ -169,8 +165,6 @@ class FidelityScorer:
 
     def add(self, original: Tensor, decoded: Tensor) -> None:
         """Add one image pair (3×H×W floats in [0, 1], same size)."""
-        from pytorch_msssim import ms_ssim
-
         a = original.clamp(0, 1).mul(255).round().div(255)[None].double()
         b = decoded.clamp(0, 1).mul(255).round().div(255)[None].double()
         mse = float(F.mse_loss(a, b))

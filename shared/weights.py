@@ -106,6 +106,17 @@ def read_state_dict(path: Path) -> Dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def load_codec_state(model: nn.Module, state: Dict[str, Tensor], misfit: str) -> None:
+    """Load a codec state dict (zoo key names converted by CompressAI's ``load_pretrained``).
+
+    Raises :class:`InvalidInputError` ``"<misfit>: <first line of the reason>"`` when it does not fit.
+    """
+    try:
+        model.load_state_dict(load_pretrained(state))
+    except (RuntimeError, KeyError) as exc:
+        raise InvalidInputError(f"{misfit}: {str(exc).splitlines()[0]}") from None
+
+
 def save_codec_weights(model: nn.Module, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
     """Save ``model``'s state dict as safetensors (float tensors as float16) with metadata."""
     state = {
@@ -179,12 +190,7 @@ def load_base_codec(
         else:
             state, source = _zoo_state_dict(spec, quality, download)
         model = spec.build(quality)
-        try:
-            model.load_state_dict(load_pretrained(state))
-        except (RuntimeError, KeyError) as exc:
-            raise InvalidInputError(
-                f"weights ({source}) do not fit {spec.name} quality {quality}: {str(exc).splitlines()[0]}"
-            ) from None
+        load_codec_state(model, state, f"weights ({source}) do not fit {spec.name} quality {quality}")
         pretrained = True
     model.eval().requires_grad_(False)
     return LoadedCodec(model, spec, quality, source, pretrained, codec_fingerprint(model))

@@ -15,14 +15,12 @@ from typing import Dict, Iterator, List, Optional
 
 import torch
 from compressai.losses import RateDistortionLoss
-from compressai.zoo.pretrained import load_pretrained
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from shared.models.registry import get_codec
-from shared.errors import InvalidInputError
-from shared.weights import read_state_dict, save_codec_weights
+from shared.weights import load_codec_state, read_state_dict, save_codec_weights
 
 from .data import RandomCrops
 
@@ -60,11 +58,8 @@ def train_base_codec(config: RDTrainConfig, progress: bool = True) -> nn.Module:
     spec = get_codec(config.codec)
     model = spec.build(config.quality).train()
     if config.init_weights is not None:
-        try:
-            model.load_state_dict(load_pretrained(read_state_dict(Path(config.init_weights))))
-        except (RuntimeError, KeyError) as exc:
-            raise InvalidInputError(f"--init-weights {config.init_weights} do not fit {config.codec} "
-                                    f"q{config.quality}: {str(exc).splitlines()[0]}") from None
+        load_codec_state(model, read_state_dict(Path(config.init_weights)),
+                         f"--init-weights {config.init_weights} do not fit {config.codec} q{config.quality}")
     main_params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     aux_params = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     optimizer = torch.optim.Adam(main_params, lr=config.lr)

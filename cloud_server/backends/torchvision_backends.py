@@ -64,11 +64,14 @@ class TorchvisionBackend(TaskBackend):
         self.task = task.value
         self.spec = spec
         self.name = f"{FAMILY} {spec.name}"
-        kwargs = detector_kwargs(options) if spec in (FASTER_RCNN, MASK_RCNN) else {}
         self.model, self.weights_label, self.pretrained = load_task_model(
             spec, random_weights=options.random_weights, seed=options.seed, device=options.device,
-            weights_path=options.weights_path, download=options.download, **kwargs)
+            weights_path=options.weights_path, download=options.download, **self.model_kwargs(options))
         self.device = torch.device(options.device)
+
+    def model_kwargs(self, options: BackendOptions) -> Dict[str, Any]:
+        """Constructor settings of the model that ``options`` ask for (none by default)."""
+        return {}
 
     def to(self, device: Union[str, torch.device]) -> "TorchvisionBackend":
         """Move the model to ``device``; returns ``self``."""
@@ -78,6 +81,10 @@ class TorchvisionBackend(TaskBackend):
 
 class DetectorBackend(TorchvisionBackend):
     """Faster R-CNN (boxes) or Mask R-CNN (boxes and masks as COCO RLE)."""
+
+    def model_kwargs(self, options: BackendOptions) -> Dict[str, Any]:
+        """The detector settings of ``options`` (see :func:`detector_kwargs`)."""
+        return detector_kwargs(options)
 
     def infer(self, images: Sequence[Tensor]) -> List[TaskResult]:
         """Detect objects; one result per image, detections by descending score (see :class:`TaskBackend`)."""

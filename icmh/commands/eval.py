@@ -11,7 +11,7 @@ from shared.codec_loader import DEFAULT_CODEC, check_device
 from shared.models.registry import CODECS
 from shared.tasks import Task
 
-from evaluation.bjontegaard import METHODS as BD_METHODS
+from evaluation.bjontegaard import DEFAULT_METHOD as BD_DEFAULT, METHODS as BD_METHODS
 from evaluation.report import RANDOM_BANNER, bd_table, format_bd_table, format_points, plot_curves, write_points
 from evaluation.runner import METHODS, REFERENCES, EvalConfig, run_evaluation
 
@@ -38,7 +38,7 @@ def name_list(text: str) -> List[str]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``eval`` parser."""
-    defaults = EvalConfig(task="detection", data=Path("."), out=Path("."))
+    defaults = EvalConfig(task="detection", data=Path("."))
     parser = subparsers.add_parser(
         "eval", help="rate–accuracy curves: base codec, adapted codec, JPEG, WebP; BD table and plot",
         description="Code every image of DATA with each method at each quality, run the task model on the "
@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="detection/segmentation: longest side at most this (default: 1333)")
     parser.add_argument("--max-proposals", type=positive_int,
                         help="detector proposals kept after the RPN (default: the model's 1000; fewer is faster)")
-    parser.add_argument("--bd-method", default=defaults.bd_method, choices=BD_METHODS,
+    parser.add_argument("--bd-method", default=BD_DEFAULT, choices=BD_METHODS,
                         help="BD interpolation for curves of 4+ points (fewer always use pchip; default: cubic)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random-weight options")
@@ -95,13 +95,12 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, write the CSV/JSON/PNG and print the tables; returns 0."""
     check_device(args.device)
     config = EvalConfig(
-        task=args.task, data=args.data, out=args.out, codec=args.codec, qualities=args.qualities,
+        task=args.task, data=args.data, codec=args.codec, qualities=args.qualities,
         methods=args.methods, jpeg_qualities=args.jpeg_qualities, webp_qualities=args.webp_qualities,
         adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
         images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
         max_proposals=args.max_proposals, device=args.device, random_weights=args.random_weights,
         random_codec=args.random_codec, random_adapters=args.random_adapters, seed=args.seed,
-        bd_method=args.bd_method,
     )
     for flag, what in ((args.random_weights, f"the {args.task} task model"), (args.random_codec, args.codec),
                        (args.random_adapters, f"the {args.task} adapters without a file")):
