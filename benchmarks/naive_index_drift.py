@@ -26,14 +26,14 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from shared.images import load_image, pad_to_block
-    from shared.paths import default_data_dir
-    from shared.weights import load_base_codec
+    from icmh.images import load_image, pad_to_block
+    from icmh.paths import default_data_dir
+    from icmh.codec.weights import load_base_codec
 
     torch.set_num_threads(args.threads)
     loaded = load_base_codec(args.codec, args.quality, random_weights=args.random_weights)
     model = loaded.model
-    from shared.models.adapted import AdaptedCodec
+    from icmh.models.adapted import AdaptedCodec
     coder = AdaptedCodec(model, loaded.spec, args.quality).latent_coder
     files = sorted((default_data_dir() / "kodak").glob("*.png"))
     out = {}

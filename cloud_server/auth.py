@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, List, Mapping, Optional, Sequence
 
 import grpc
 
-from shared.credentials import AUTHORIZATION_KEY, bearer_token, parse_tokens, read_tokens
+from icmh.service.credentials import AUTHORIZATION_KEY, bearer_token, parse_tokens, read_tokens
 
 TOKENS_ENV = "ICMH_AUTH_TOKENS"
 # reachable without a token: probes and load balancers cannot send one

@@ -12,16 +12,16 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shared.cli_common import add_codec_options, codec_options, positive_int, run_cli, warn_random_weights
-from shared.codec_loader import open_frame_codec
-from shared.errors import IcmhError, InvalidInputError
-from shared.images import save_image
-from shared.tasks import Task
+from icmh.cli.common import (add_codec_options, add_task_model_options, codec_options, model_choices, model_options,
+                             positive_int, run_cli, warn_random_weights)
+from icmh.codec.loader import open_frame_codec
+from icmh.errors import IcmhError, InvalidInputError
+from icmh.images import save_image
+from icmh.tasks import Task
 
-from .auth import TOKENS_ENV, load_tokens
-from .backends.base import families
-from .server import ServerConfig, serve
-from .tls import load_server_tls
+from icmh.cloud.auth import TOKENS_ENV, load_tokens
+from icmh.cloud.server import ServerConfig, serve
+from icmh.cloud.tls import load_server_tls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,16 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pending", type=positive_int, default=32,
                         help="frames waiting or running at once before RESOURCE_EXHAUSTED (default 32)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight frames get on SIGTERM")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="detection score threshold")
-    parser.add_argument("--backend", default="torchvision", choices=families(),
-                        help="task model family (detectron2 where installed; default torchvision)")
+    parser.add_argument("--score-threshold", type=float, default=0.5,
+                        help="detections scoring below this are not returned (default 0.5)")
     parser.add_argument("--detector-min-size", type=positive_int, default=None,
-                        help="detector input short side (default: the model's 800)")
+                        help="R-CNN detectors' input short side (default: their 800; the YOLO models have fixed sizes)")
     parser.add_argument("--log-frames", action="store_true", help="log one line per frame (default: per stream)")
     parser.add_argument("--input-dir", type=Path, help="offline mode: folder of .icmh frames to decode")
     parser.add_argument("--output-dir", type=Path, help="offline mode: folder for PNGs and results.jsonl")
+    add_task_model_options(parser, several=True)
     add_security_options(parser)
-    add_codec_options(parser)
+    add_codec_options(parser, task_models=True)
     return parser
 
 
@@ -99,7 +99,8 @@ def decode_folder(args: argparse.Namespace) -> int:
     if not files:
         raise InvalidInputError(f"no .icmh frames in {args.input_dir}")
     # with --random-weights every task gets seeded adapters; otherwise the tasks of the --adapters files
-    frame_codec = open_frame_codec(codec_options(args), list(Task) if args.random_weights else [])
+    options = codec_options(args)
+    frame_codec = open_frame_codec(options, list(Task) if options.random_adapters else [])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     with open(args.output_dir / "results.jsonl", "w", encoding="utf-8") as results:
@@ -126,8 +127,7 @@ def decode_folder(args: argparse.Namespace) -> int:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.random_weights:
-        warn_random_weights("cloud-server")
+    warn_random_weights("cloud-server", args)
     if args.input_dir is not None:
         return decode_folder(args)
     tls = load_server_tls(args.tls_cert, args.tls_key, args.tls_client_ca)
@@ -136,12 +136,13 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     if missing and not _is_loopback(args.host):
         print(f"warning: cloud-server on {args.host} without {' and '.join(missing)}: whoever reaches the port "
               "can read or send frames (see the README's security section)", file=sys.stderr, flush=True)
+    tasks = [Task.parse(name.strip()) for name in args.tasks.split(",") if name.strip()]
     config = ServerConfig(
         codec=codec_options(args), host=args.host, port=args.port,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        tasks=[Task.parse(name.strip()) for name in args.tasks.split(",") if name.strip()],
-        max_pending=args.max_pending, grace_seconds=args.grace, score_threshold=args.score_threshold,
-        backend_family=args.backend, detector_min_size=args.detector_min_size, log_frames=args.log_frames,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port, tasks=tasks,
+        max_pending=args.max_pending, grace_seconds=args.grace, models=model_choices(args.model, tasks),
+        model_options=model_options(args, score_threshold=args.score_threshold, min_size=args.detector_min_size),
+        log_frames=args.log_frames,
         tls=tls, auth_tokens=tokens, max_connection_age=args.max_connection_age,
         max_connection_age_grace=args.max_connection_age_grace,
     )

@@ -12,19 +12,22 @@ name                               type       labels                       recor
 ``icmh_pending_requests``          gauge      (none)                       :meth:`CloudMetrics.pending_request`
 ``icmh_batch_size``                histogram  (none)                       :meth:`CloudMetrics.observe_batch`
 ``icmh_active_streams``            gauge      (none)                       :meth:`CloudMetrics.active_stream`
+``icmh_task_model_info``           gauge (1)  task, model                  :meth:`CloudMetrics.set_task_models`
 =================================  =========  ===========================  ==========================
 
-Label values come from fixed sets (:mod:`shared.metrics_common`); an unexpected value is
+Label values come from fixed sets (:mod:`icmh.service.metrics`); an unexpected value is
 recorded as ``unknown`` (task), ``other`` (codec, quality, stage) or ``UNKNOWN`` (code).
+``model`` takes the registry's names (one per served task, fixed at start-up).
 """
 
 from __future__ import annotations
 
-from typing import ContextManager, Optional
+from typing import ContextManager, Dict, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.metrics_common import (
+from icmh.taskmodels import TASK_MODELS
+from icmh.service.metrics import (
     BATCH_SIZE_BUCKETS,
     BPP_BUCKETS,
     BYTES_BUCKETS,
@@ -42,6 +45,7 @@ __all__ = ["CloudMetrics", "STAGES", "STAGE_LABEL", "start_metrics_server", "sto
 
 STAGES = ("decode", "infer", "total")
 STAGE_LABEL = LabelValues("stage", STAGES + ("other",), "other")
+MODEL_LABEL = LabelValues("model", tuple(sorted({spec.name for spec in TASK_MODELS.values()})) + ("other",), "other")
 
 
 class CloudMetrics:
@@ -80,6 +84,13 @@ class CloudMetrics:
             registry=reg)
         self.active_streams = Gauge(
             "icmh_active_streams", "Open StreamInfer calls (one per camera session).", registry=reg)
+        self.task_model_info = Gauge(
+            "icmh_task_model_info", "The task model serving each task (value 1).", ["task", "model"], registry=reg)
+
+    def set_task_models(self, models: Dict[object, str]) -> None:
+        """Publish which task model serves each task (``task -> registry name``)."""
+        for task, name in models.items():
+            self.task_model_info.labels(task=TASK_LABEL(task), model=MODEL_LABEL(name)).set(1)
 
     def observe_frame(self, task: object, codec: object, quality: object, bpp: float, nbytes: int) -> None:
         """Record one received frame: its bits per pixel and its size in bytes.

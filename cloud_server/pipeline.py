@@ -6,36 +6,37 @@ so torch sees one caller at a time, and the event loop stays free for the networ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Dict
 
 import grpc
 
-from shared.errors import AdapterMismatchError, IcmhError
-from shared.frame_codec import FrameCodec
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.tasks import Task
+from icmh.errors import AdapterMismatchError, IcmhError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.v1 import icmh_pb2 as pb
+from icmh.tasks import Task
 
-from .backends.base import TaskBackend
-from shared.result_proto import result_to_proto
-from .metrics import CloudMetrics
-from .status import status_for
+from icmh.service.result_proto import result_to_proto
+from icmh.taskmodels import TaskModel
+from icmh.cloud.metrics import CloudMetrics
+from icmh.cloud.status import status_for
 
 
 class Pipeline:
-    """Decode + infer for every task this server has adapters and a backend for."""
+    """Decode + infer for every task this server has adapters and a task model for."""
 
-    def __init__(self, frame_codec: FrameCodec, backends: Dict[Task, TaskBackend], metrics: CloudMetrics) -> None:
+    def __init__(self, frame_codec: FrameCodec, models: Dict[Task, TaskModel], metrics: CloudMetrics) -> None:
         self.frame_codec = frame_codec
-        self.backends = backends
+        self.models = models
         self.metrics = metrics
         self.codec_name = frame_codec.loaded.spec.name
         self.quality = frame_codec.loaded.quality
 
     @property
     def tasks(self):
-        """Tasks served: those with decoder adapters (or none, for human) and a backend."""
-        return [task for task in self.frame_codec.tasks if task in self.backends]
+        """Tasks served: those with decoder adapters (or none, for human) and a task model."""
+        return [task for task in self.frame_codec.tasks if task in self.models]
 
     def run(self, frame_id: int, data: bytes) -> pb.InferResponse:
         """Process one frame; a bad frame gives a response with ``error`` set (never raises)."""
@@ -45,11 +46,12 @@ class Pipeline:
         try:
             frame, task = self.frame_codec.parse(data)
             task_label = task.value
-            if task not in self.backends:
+            if task not in self.models:
                 raise AdapterMismatchError(f"this server runs no model for task {task.value!r}")
             decoded = self.frame_codec.decode_parsed([(frame, task)])[0]
             decoded_at = time.perf_counter()
-            result = self.backends[task].infer([decoded.image])[0]
+            model = self.models[task]
+            result = dataclasses.replace(model.infer([decoded.image], task)[0], model=model.name)
         except IcmhError as exc:
             code = status_for(exc)
             response.error.code, response.error.message = code.value[0], str(exc)

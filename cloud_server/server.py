@@ -20,19 +20,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from shared.bitstream import DEFAULT_LIMITS
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.metrics_common import start_metrics_server, stop_metrics_server
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
-from shared.tasks import Task
+from icmh.codec.bitstream import DEFAULT_LIMITS
+from icmh.codec.loader import CodecOptions, open_frame_codec
+from icmh.service.metrics import start_metrics_server, stop_metrics_server
+from icmh.v1 import icmh_pb2 as pb
+from icmh.v1 import icmh_pb2_grpc as pb_grpc
+from icmh.taskmodels import ModelOptions, TaskModel, load_task_model
+from icmh.tasks import Task
 
-from .auth import BearerTokenInterceptor
-from .backends.base import TaskBackend, build_backend
-from .metrics import CloudMetrics
-from .pipeline import Pipeline
-from .service import InferenceService
-from .tls import ServerTls
+from icmh.cloud.auth import BearerTokenInterceptor
+from icmh.cloud.metrics import CloudMetrics
+from icmh.cloud.pipeline import Pipeline
+from icmh.cloud.service import InferenceService
+from icmh.cloud.tls import ServerTls
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -49,9 +49,8 @@ class ServerConfig:
     tasks: List[Task] = field(default_factory=lambda: list(Task))
     max_pending: int = 32
     grace_seconds: float = 10.0
-    score_threshold: float = 0.5
-    backend_family: str = "torchvision"
-    detector_min_size: Optional[int] = None
+    models: Dict[Task, str] = field(default_factory=dict)  # task -> task model name (absent: the default)
+    model_options: ModelOptions = ModelOptions(score_threshold=0.5)
     log_frames: bool = False
     tls: Optional[ServerTls] = None
     auth_tokens: Sequence[str] = ()
@@ -81,16 +80,13 @@ class ServerConfig:
 
 
 def build_pipeline(config: ServerConfig, metrics: CloudMetrics) -> Pipeline:
-    """Load the codec, adapters and one backend per task that has adapters here."""
-    frame_codec = open_frame_codec(config.codec, config.tasks if config.codec.random_weights else [])
-    backends: Dict[Task, TaskBackend] = {}
+    """Load the codec, adapters and one task model per task that has adapters here."""
+    frame_codec = open_frame_codec(config.codec, config.tasks if config.codec.random_adapters else [])
+    models: Dict[Task, TaskModel] = {}
     for task in frame_codec.tasks:
         if task in config.tasks:
-            backends[task] = build_backend(
-                task, random_weights=config.codec.random_weights, device=config.codec.device,
-                prefer=config.backend_family, score_threshold=config.score_threshold,
-                **({"min_size": config.detector_min_size} if config.detector_min_size else {}))
-    return Pipeline(frame_codec, backends, metrics)
+            models[task] = load_task_model(task, config.models.get(task), config.model_options)
+    return Pipeline(frame_codec, models, metrics)
 
 
 async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metrics: Optional[CloudMetrics] = None,
@@ -98,6 +94,7 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
     """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop)."""
     metrics = metrics or CloudMetrics()
     pipeline = pipeline or build_pipeline(config, metrics)
+    metrics.set_task_models({task: model.name for task, model in pipeline.models.items()})
     interceptors = [BearerTokenInterceptor(config.auth_tokens)] if config.auth_tokens else []
     server = grpc.aio.server(options=config.grpc_options(), interceptors=interceptors)
     service = InferenceService(pipeline, metrics, config.codec.limits, config.max_pending,
@@ -118,7 +115,8 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = metrics_server[0].server_port if metrics_server else None
     print(f"cloud-server listening on {config.host}:{port} (metrics on port {metrics_port}); "
-          f"tasks: {', '.join(t.value for t in pipeline.tasks)}; codec {pipeline.frame_codec.loaded.label}; "
+          f"tasks: {', '.join(f'{t.value} ({pipeline.models[t].name})' for t in pipeline.tasks)}; "
+          f"codec {pipeline.frame_codec.loaded.label}; "
           f"{config.security_label()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """The ``icmh.v1.InferenceService`` servicer (grpc.aio).
 
-Frames are processed by :class:`~cloud_server.pipeline.Pipeline` in a single worker
+Frames are processed by :class:`~icmh.cloud.pipeline.Pipeline` in a single worker
 thread. At most ``max_pending`` frames wait or run at once: beyond that, ``Infer``
 answers RESOURCE_EXHAUSTED and a stream gets a per-frame RESOURCE_EXHAUSTED error, so
 overload never grows memory. Responses of a stream come back in request order.
@@ -16,12 +16,12 @@ from typing import AsyncIterator, Optional
 
 import grpc
 
-from shared.bitstream import FORMAT_VERSION, Limits
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
+from icmh.codec.bitstream import FORMAT_VERSION, Limits
+from icmh.v1 import icmh_pb2 as pb
+from icmh.v1 import icmh_pb2_grpc as pb_grpc
 
-from .metrics import CloudMetrics
-from .pipeline import Pipeline
+from icmh.cloud.metrics import CloudMetrics
+from icmh.cloud.pipeline import Pipeline
 
 log = logging.getLogger("cloud_server")
 
@@ -100,12 +100,16 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         codec = pb.CodecCapability(
             codec=frame_codec.loaded.spec.name, codec_id=frame_codec.loaded.spec.wire_id,
             quality=frame_codec.loaded.quality, base_fingerprint=frame_codec.loaded.fingerprint)
+        models = []
         for task in self.pipeline.tasks:
             codec.adapter_hashes[task.value] = frame_codec.codec.adapter_hash(task)
+            model = self.pipeline.models[task]
+            models.append(pb.TaskModelInfo(task=task.value, name=model.name, weights=model.weights_label,
+                                           pretrained=model.pretrained))
         return pb.Capabilities(
             codecs=[codec], tasks=[t.value for t in self.pipeline.tasks], max_frame_bytes=self.limits.max_frame_bytes,
             max_width=self.limits.max_width, max_height=self.limits.max_height, max_pixels=self.limits.max_pixels,
-            format_version=FORMAT_VERSION, max_message_bytes=self.max_message_bytes)
+            format_version=FORMAT_VERSION, max_message_bytes=self.max_message_bytes, task_models=models)
 
 
 def _code(value: int) -> grpc.StatusCode:

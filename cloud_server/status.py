@@ -6,7 +6,7 @@ from typing import Dict, Type
 
 import grpc
 
-from shared.errors import (AdapterMismatchError, BitstreamError, CodecMismatchError, IcmhError, IndexMismatchError,
+from icmh.errors import (AdapterMismatchError, BitstreamError, CodecMismatchError, IcmhError, IndexMismatchError,
                            InvalidInputError, WeightsMissingError)
 
 # most specific first: the first class the error is an instance of decides

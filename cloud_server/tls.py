@@ -14,8 +14,8 @@ from typing import Optional
 
 import grpc
 
-from shared.credentials import KeyPair, read_ca_bundle, read_key_pair
-from shared.errors import InvalidInputError
+from icmh.service.credentials import KeyPair, read_ca_bundle, read_key_pair
+from icmh.errors import InvalidInputError
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """``edge-client``: capture frames, encode them for a task, stream them to the cloud server.
 
-With ``--server`` frames go over ``--streams`` gRPC ``StreamInfer`` calls (TLS and a
-bearer token where configured) and the results come back in frame order (``--output
-results.jsonl``, one JSON object per frame); with ``--save-dir`` each frame is written to
-a file instead (offline).
+Frames go over ``--streams`` gRPC ``StreamInfer`` calls to ``--server`` (default:
+``$ICMH_SERVER``, else ``localhost:50051``, where ``cloud-server`` and compose listen; TLS
+and a bearer token where configured) and the results come back in frame order: one line
+per frame on stdout (``--json`` for JSON lines), ``--output results.jsonl`` for a file,
+``--annotate DIR`` for the decoded frames with their results drawn on them. With
+``--save-dir`` each frame is written to a file instead (offline).
 """
 
 from __future__ import annotations
@@ -14,23 +16,34 @@ import itertools
 import json
 import statistics
 import sys
+import os
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
-from shared.cli_common import (add_codec_options, codec_options, positive_int, run_cli, warn_random_weights,
+from icmh.cli.common import (add_codec_options, codec_options, positive_int, run_cli, warn_random_weights,
                                write_output)
-from shared.codec_loader import open_frame_codec
-from shared.errors import InvalidInputError
-from shared.frame_codec import EncodedFrame, FrameCodec
-from shared.metrics_common import start_metrics_server, stop_metrics_server
-from shared.result_proto import result_from_proto
-from shared.tasks import Task
+from icmh.codec.loader import open_frame_codec
+from icmh.errors import InvalidInputError
+from icmh.codec.frame_codec import EncodedFrame, FrameCodec
+from icmh.service.metrics import start_metrics_server, stop_metrics_server
+from icmh.service.result_proto import result_from_proto
+from icmh.tasks import Task
 
-from .connection import TOKEN_ENV, ClientSecurity, load_client_security
-from .metrics import EdgeMetrics
-from .sources import open_source
-from .streaming import FrameOutcome, FrameStreamer, StreamStats
+from icmh.edge.annotate import annotate
+from icmh.edge.connection import TOKEN_ENV, ClientSecurity, load_client_security
+from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.sources import open_source
+from icmh.edge.streaming import FrameOutcome, FrameStreamer, StreamStats
+
+
+SERVER_ENV = "ICMH_SERVER"
+DEFAULT_SERVER = "localhost:50051"
+
+
+def default_server() -> str:
+    """``$ICMH_SERVER``, else :data:`DEFAULT_SERVER` (the port ``cloud-server`` and compose use)."""
+    return os.environ.get(SERVER_ENV) or DEFAULT_SERVER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-client",
         description="Encode camera, video, image-folder or demo frames with a task's SFMA encoder adapters and "
-                    "stream them to the cloud server (--server), or write one bitstream file per frame (--save-dir).",
+                    "stream them to the cloud server (--server), or write one bitstream file per frame (--save-dir). "
+                    "Prints one line per frame: bytes, bits per pixel, round trip and the results.",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--camera", type=int, metavar="INDEX", help="live camera (OpenCV index)")
@@ -49,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "classification (default: detection)")
     parser.add_argument("--frames", type=positive_int, default=None, help="stop after N frames (demo default: 16)")
     parser.add_argument("--server", metavar="TARGET",
-                        help="cloud server: HOST:PORT, or dns:///NAME:PORT or ipv4:A:PORT,B:PORT to balance "
-                             "streams round-robin over every address")
+                        help=f"cloud server: HOST:PORT, or dns:///NAME:PORT or ipv4:A:PORT,B:PORT to balance "
+                             f"streams round-robin over every address (default: ${SERVER_ENV}, else {DEFAULT_SERVER})")
     parser.add_argument("--window", type=positive_int, default=4, help="frames in flight per stream (default: 4)")
     parser.add_argument("--streams", type=positive_int, default=1,
                         help="concurrent StreamInfer calls; each stays on one server, so N streams spread over up "
                              "to N servers; results still come in frame order (default: 1)")
-    parser.add_argument("--output", type=Path, help="results as JSON lines, one per frame (with --server)")
+    parser.add_argument("--output", type=Path, help="results as JSON lines, one per frame, to this file")
+    parser.add_argument("--json", action="store_true", help="print JSON lines instead of one text line per frame")
+    parser.add_argument("--annotate", type=Path, metavar="DIR",
+                        help="write each decoded frame with its results drawn on it to DIR (decodes locally)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: pick a free one)")
     parser.add_argument("--metrics-host", default="127.0.0.1",
                         help="address the metrics port listens on (default: 127.0.0.1; 0.0.0.0 for a Prometheus "
@@ -149,6 +166,26 @@ def _outcome_json(outcome: FrameOutcome) -> dict:
     return record
 
 
+def outcome_text(record: dict) -> str:
+    """One line for a person: frame, bytes, bpp, round trip, then the results (or the error)."""
+    head = (f"frame {record['frame_id']:4d}: {record['bytes']:7,d} B  {record['bpp']:.4f} bpp  "
+            f"round trip {record['round_trip_ms']:7.1f} ms")
+    if "error" in record:
+        return f"{head}  error {record['error']['code']}: {record['error']['message']}"
+    result = record["result"]
+    if result["detections"]:
+        found = ", ".join(f"{d['label_name']} {d['score']:.2f}" for d in result["detections"][:5])
+        more = len(result["detections"]) - 5
+        found += f" (+{more} more)" if more > 0 else ""
+    elif result["classes"]:
+        found = ", ".join(f"{c['name']} {c['score']:.2f}" for c in result["classes"][:3])
+    elif result.get("image_png_base64"):
+        found = f"decoded image {result['width']}×{result['height']}"
+    else:
+        found = "nothing found"
+    return f"{head}  [{result.get('model') or '?'}] {found}"
+
+
 def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Task,
            metrics: EdgeMetrics, security: Optional[ClientSecurity] = None) -> int:
     """Stream ``frames`` to ``args.server``; returns the exit status.
@@ -161,12 +198,15 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
 
     def on_result(outcome: FrameOutcome) -> None:
         live.add(outcome.encoded.bpp, outcome.round_trip_seconds)
-        line = json.dumps(_outcome_json(outcome))
+        record = _outcome_json(outcome)
         if output:
-            output.write(line + "\n")
+            output.write(json.dumps(record) + "\n")
             output.flush()
-        else:
-            print(line)
+        print("\r" + (json.dumps(record) if args.json else outcome_text(record)), flush=True)
+        if args.annotate is not None and not outcome.response.HasField("error"):
+            decoded = frame_codec.decode([outcome.encoded.data])[0]
+            annotate(decoded.image, result_from_proto(outcome.response)).save(
+                args.annotate / f"frame_{outcome.frame_id:06d}.png")
 
     streamer = FrameStreamer(args.server, window=args.window, live=args.camera is not None, metrics=metrics,
                              task=task.value, connect_timeout=args.connect_timeout,
@@ -201,11 +241,16 @@ def save(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, ta
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     task = Task.parse(args.task)
-    if (args.server is None) == (args.save_dir is None):
-        raise InvalidInputError("give exactly one of --server HOST:PORT (stream) or --save-dir DIR (offline)")
+    if args.server is not None and args.save_dir is not None:
+        raise InvalidInputError("give either --server TARGET (stream) or --save-dir DIR (offline), not both")
+    if args.save_dir is None:
+        args.server = args.server or default_server()
+    if args.annotate is not None:
+        if args.save_dir is not None:
+            raise InvalidInputError("--annotate draws the server's results: it needs streaming, not --save-dir")
+        args.annotate.mkdir(parents=True, exist_ok=True)
     security = client_security(args) if args.server else None  # bad files fail before any work
-    if args.random_weights:
-        warn_random_weights("edge-client")
+    warn_random_weights("edge-client", args)
     frames = iter(_source(args))
     first = next(frames, None)  # opens the source (and reports a bad one) before the codec loads
     if first is None:

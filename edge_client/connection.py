@@ -16,8 +16,8 @@ from typing import List, Mapping, Optional, Tuple
 
 import grpc
 
-from shared.credentials import KeyPair, bearer_metadata, check_token, read_ca_bundle, read_key_pair, read_tokens
-from shared.errors import InvalidInputError
+from icmh.service.credentials import KeyPair, bearer_metadata, check_token, read_ca_bundle, read_key_pair, read_tokens
+from icmh.errors import InvalidInputError
 
 TOKEN_ENV = "ICMH_TOKEN"
 # the channel's own reconnect backoff: short, so a restarted server is found within seconds

@@ -16,7 +16,7 @@ name                                     type       labels                  reco
 
 Bits per pixel is recorded once per encoded frame; frames sent and uplink bytes once per
 transmission, so a frame resent after a reconnect counts twice there (they measure the
-link, not the source). Label values come from fixed sets (:mod:`shared.metrics_common`):
+link, not the source). Label values come from fixed sets (:mod:`icmh.service.metrics`):
 an unexpected value is recorded as ``unknown`` (task) or ``other``.
 """
 
@@ -26,7 +26,7 @@ from typing import ContextManager, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.metrics_common import (
+from icmh.service.metrics import (
     BPP_BUCKETS,
     SECONDS_BUCKETS,
     TASK_LABEL,

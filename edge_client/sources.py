@@ -14,8 +14,8 @@ from typing import Callable, Dict, Iterator, Optional
 import torch
 from torch import Tensor
 
-from shared.errors import InvalidInputError
-from shared.images import load_image
+from icmh.errors import InvalidInputError
+from icmh.images import load_image
 
 DEMO_SIZE = (360, 640)  # H, W
 

@@ -26,13 +26,13 @@ from typing import Callable, Deque, Dict, Iterator, List, Optional, Set
 
 import grpc
 
-from shared.errors import IcmhError
-from shared.frame_codec import EncodedFrame
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
+from icmh.errors import IcmhError
+from icmh.codec.frame_codec import EncodedFrame
+from icmh.v1 import icmh_pb2 as pb
+from icmh.v1 import icmh_pb2_grpc as pb_grpc
 
-from .connection import ClientSecurity, open_channel
-from .metrics import EdgeMetrics
+from icmh.edge.connection import ClientSecurity, open_channel
+from icmh.edge.metrics import EdgeMetrics
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
              grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}

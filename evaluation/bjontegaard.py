@@ -27,7 +27,7 @@ The base of the logarithm cancels: ``10 ** mean`` over ``log10`` rates gives the
 number. A metric that *falls* with the rate (a distortion such as MSE or LPIPS) works
 too, as long as both curves run the same way.
 
-Every problem with the input raises :class:`shared.errors.InvalidInputError` with a
+Every problem with the input raises :class:`icmh.errors.InvalidInputError` with a
 one-line message.
 """
 
@@ -41,7 +41,7 @@ from typing import Callable, Sequence, Tuple, Union
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from shared.errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
 METHODS: Tuple[str, ...] = ("cubic", "pchip")
 DEFAULT_METHOD = "cubic"

@@ -17,9 +17,9 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from shared.frame_codec import FrameCodec
-from shared.images import to_uint8
-from shared.tasks import Task
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import to_uint8
+from icmh.tasks import Task
 
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP"}
 

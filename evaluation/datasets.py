@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from shared.errors import InvalidInputError
-from shared.tasks import Task
+from icmh.errors import InvalidInputError
+from icmh.images import IMAGE_SUFFIXES
+from icmh.tasks import Task
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from shared.errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
-from .bjontegaard import DEFAULT_METHOD, bd_metric, bd_rate
-from .runner import EvalResult
+from icmh.evaluation.bjontegaard import DEFAULT_METHOD, bd_metric, bd_rate
+from icmh.evaluation.runner import EvalResult
 
 RANDOM_BANNER = "RANDOM WEIGHTS: these figures are NOT those of trained models"
 ANCHOR = "base"

@@ -1,10 +1,12 @@
 """Rate–accuracy evaluation: every method at every quality on every image, scored (``icmh eval``).
 
-Protocol (METHOD.md): detection / segmentation code the image resized to short side 800
-(long side at most 1333; the codec pads to 64 and crops back) and map the detector's
-results back to the original image for COCO AP; classification codes the weights' own
-resize-256 + centre-crop-224 input; ``human`` codes the image as it is and scores PSNR
-and MS-SSIM against it. Rate is the real coded size in bits per pixel of the coded image.
+Protocol (METHOD.md): each task model's own input geometry is what gets coded
+(:meth:`~icmh.taskmodels.TaskModel.model_input`: YOLOX long side 416, YOLOv5 640,
+SqueezeNet 227, MobileNetV2 its 224 centre crop, the R-CNNs short side 800 / long side
+1333, ResNet-50 resize 256 + centre crop 224; the codec pads to 64 and crops back); the
+model runs on the reconstruction and its results are mapped back to the original image
+(COCO AP against the annotations). ``human`` codes the image as it is and scores PSNR and
+MS-SSIM against it. Rate is the real coded size in bits per pixel of the coded image.
 
 Each operating point (method, quality) becomes one row of metrics; the uncompressed
 input is scored too, as the ceiling (``method`` ``uncompressed``, no rate).
@@ -12,35 +14,36 @@ input is scored too, as the ceiling (``method`` ``uncompressed``, no rate).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import torchvision.transforms.functional as TF
 from torch import Tensor
 from tqdm import tqdm
 
-from shared.adapter_checkpoint import read_adapters
-from shared.cli_common import adapter_files
-from shared.errors import AdapterMismatchError, InvalidInputError
-from shared.frame_codec import FrameCodec
-from shared.images import load_image
-from shared.models.registry import get_codec
-from shared.results import TaskResult
-from shared.tasks import Task
-from shared.weights import load_base_codec
+from icmh.codec.adapter_checkpoint import read_adapters
+from icmh.cli.common import adapter_files
+from icmh.errors import AdapterMismatchError, InvalidInputError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import load_image
+from icmh.models.registry import get_codec
+from icmh.results import TaskResult
+from icmh.tasks import Task
+from icmh.codec.loader import default_codec
+from icmh.codec.weights import load_base_codec
+from icmh.taskmodels import EVAL_SCORE_THRESHOLD, ModelOptions, TaskModel, load_task_model
 
-from .coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
-from .datasets import EvalImage, EvalSet, open_eval_set
-from .scoring import ClassificationScorer, make_scorer, pseudo_ground_truth
+from icmh.evaluation.coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
+from icmh.evaluation.datasets import EvalImage, EvalSet, open_eval_set
+from icmh.evaluation.scoring import ClassificationScorer, make_scorer, pseudo_ground_truth
 
 METHODS = ("base", "adapted", "jpeg", "webp")
 REFERENCES = ("auto", "labels", "predictions")
 METRICS = {"detection": ("AP", "AP50"), "segmentation": ("mask_AP", "mask_AP50", "AP", "AP50"),
            "classification": ("top1", "top5"), "human": ("psnr", "ms_ssim")}  # the first is the primary metric
 CHUNK = 16  # images coded before the task model runs on them as one batch
-EVAL_SCORE_THRESHOLD = 0.05  # COCO evaluation keeps low-scoring detections (detectron2's test setting)
 
 
 @dataclass
@@ -49,7 +52,9 @@ class EvalConfig:
 
     task: str
     data: Path
-    codec: str = "mbt2018-mean"
+    model: Optional[str] = None  # task model name (None: the task's default)
+    models_dir: Optional[Path] = None
+    codec: str = field(default_factory=default_codec)
     qualities: Sequence[int] = (1, 2, 3, 4)
     methods: Sequence[str] = METHODS
     jpeg_qualities: Sequence[int] = (5, 10, 20, 40)
@@ -60,11 +65,11 @@ class EvalConfig:
     labels: Optional[Path] = None
     images: Optional[int] = None
     reference: str = "auto"
-    short_side: int = 800
-    max_side: int = 1333
+    short_side: Optional[int] = None  # R-CNN detectors (None: the paper's 800)
+    max_side: Optional[int] = None  # R-CNN detectors (None: the paper's 1333)
     max_proposals: Optional[int] = None
     device: str = "cpu"
-    random_weights: bool = False  # task model
+    random_task_model: bool = False
     random_codec: bool = False
     random_adapters: bool = False
     seed: int = 0
@@ -97,7 +102,7 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     """Evaluate every method of ``config`` at every quality; see the module docstring.
 
     Raises :class:`InvalidInputError` / :class:`AdapterMismatchError` /
-    :class:`~shared.errors.WeightsMissingError` before any coding starts when the
+    :class:`~icmh.errors.WeightsMissingError` before any coding starts when the
     configuration cannot run.
     """
     task = Task.parse(config.task)
@@ -107,13 +112,18 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     reference = _reference_mode(config.reference, eval_set, task)
     coders = list(_coders(config, task, methods))  # loads every codec and adapter file up front
     model = _task_model(task, config)
-    inputs = [(item, _model_input(task, model, load_image(item.path), config)) for item in eval_set.images]
+    originals = [load_image(item.path) for item in eval_set.images]
+    inputs = [(item, image if model is None else model.model_input(image)) for item, image in zip(eval_set.images, originals)]
+    sizes = {item.image_id: tuple(image.shape[-2:]) for item, image in zip(eval_set.images, originals)}
+    del originals
 
     images = [image for _, image in inputs]
-    references = dict(zip((item.image_id for item, _ in inputs), _infer_all(task, model, images))) if model else {}
+    references = dict(zip((item.image_id for item, _ in inputs), _infer_all(task, model, inputs, images, sizes))) \
+        if model else {}
     result = EvalResult(
         task=task.value, reference=_reference_text(reference, eval_set, task), task_model=_model_label(model),
-        codec_label=_codec_label(coders), random_weights=config.random_weights or any(c.random_weights for c in coders),
+        codec_label=_codec_label(coders),
+        random_weights=config.random_task_model or any(c.random_weights for c in coders),
     )
     if reference == "predictions":
         result.notes.append("no labels were used: accuracy is measured against the task model's own results on "
@@ -134,7 +144,7 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
                 decoded.append(coded.image)
                 rates.append(coded.bpp)
                 bar.update()
-            _add_scores(scorer, task, chunk, decoded, _infer_all(task, model, decoded))
+            _add_scores(scorer, task, chunk, decoded, _infer_all(task, model, chunk, decoded, sizes))
         bpp = sum(rates) / len(rates)
         result.rows.append(_row(coder.method, coder.quality, bpp, len(inputs), scorer.compute(), coder.label,
                                 coder.random_weights))
@@ -184,51 +194,29 @@ def _reference_text(reference: str, eval_set: EvalSet, task: Task) -> str:
     return f"predictions of the {task.value} model on the uncompressed images (fidelity, no labels)"
 
 
-def _task_model(task: Task, config: EvalConfig) -> Any:
+def _task_model(task: Task, config: EvalConfig) -> Optional[TaskModel]:
     if task is Task.HUMAN:
         return None
-    from cloud_server.backends import build_backend
-
-    options: Dict[str, Any] = {"seed": config.seed}
-    if task is not Task.CLASSIFICATION:
-        options.update(min_size=config.short_side, max_size=config.max_side, max_proposals=config.max_proposals)
-    return build_backend(task, random_weights=config.random_weights, device=config.device,
-                         score_threshold=EVAL_SCORE_THRESHOLD, **options)
+    options = ModelOptions(device=config.device, random_weights=config.random_task_model, seed=config.seed,
+                           models_dir=config.models_dir, score_threshold=EVAL_SCORE_THRESHOLD, max_detections=100,
+                           min_size=config.short_side, max_size=config.max_side, max_proposals=config.max_proposals)
+    return load_task_model(task, config.model, options)
 
 
-def _model_label(model: Any) -> str:
+def _model_label(model: Optional[TaskModel]) -> str:
     if model is None:
         return "none (PSNR / MS-SSIM against the original)"
     return f"{model.name} ({model.weights_label})"
 
 
-def _model_input(task: Task, model: Any, image: Tensor, config: EvalConfig) -> Tensor:
-    """The image the codec codes: the protocol's resize (and crop) of ``image``."""
-    if task is Task.CLASSIFICATION:
-        return model.model_input(image)
-    if task in (Task.DETECTION, Task.SEGMENTATION):
-        return resize_short_side(image, config.short_side, config.max_side)
-    return image
-
-
-def resize_short_side(image: Tensor, short: int, longest: int) -> Tensor:
-    """``image`` scaled so its short side is ``short`` and its long side at most ``longest`` (bilinear)."""
-    height, width = image.shape[-2:]
-    scale = min(short / min(height, width), longest / max(height, width))
-    size = [max(1, round(height * scale)), max(1, round(width * scale))]
-    if size == [height, width]:
-        return image
-    return TF.resize(image, size, antialias=True).clamp_(0, 1)
-
-
-def _infer_all(task: Task, model: Any, images: Sequence[Tensor]) -> List[Optional[TaskResult]]:
-    """The task model's results for ``images`` (classification as one batch; detectors image by image,
-    since batching pads images and changes their outputs). ``None`` for each image when there is no model."""
+def _infer_all(task: Task, model: Optional[TaskModel], items: Sequence[Tuple[EvalImage, Tensor]],
+               images: Sequence[Tensor], sizes: Dict[int, Tuple[int, int]]) -> List[Optional[TaskResult]]:
+    """The task model's results for ``images`` (model inputs of ``items``), in the original images' pixels;
+    ``None`` for each image when there is no model."""
     if model is None:
         return [None] * len(images)
-    if task is Task.CLASSIFICATION:
-        return model.classify(images)
-    return [model.infer([image])[0] for image in images]
+    results = model.infer_prepared(images, task, [sizes[item.image_id] for item, _ in items])
+    return [dataclasses.replace(result, model=model.name) for result in results]
 
 
 def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict[int, TaskResult]) -> Dict[str, Any]:

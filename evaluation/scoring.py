@@ -22,9 +22,9 @@ from pycocotools.cocoeval import COCOeval
 from pytorch_msssim import ms_ssim
 from torch import Tensor
 
-from shared.results import TaskResult
+from icmh.results import TaskResult
 
-from .datasets import coco_index
+from icmh.evaluation.datasets import coco_index
 
 PSEUDO_LABEL_SCORE = 0.5  # fidelity mode: reference detections at or above this score count as objects
 MS_SSIM_MIN_SIDE = 161  # pytorch_msssim's 5 scales with an 11-pixel window
@@ -107,7 +107,7 @@ def pseudo_ground_truth(references: Mapping[int, TaskResult], masks: bool, score
     ``references`` maps image id → the model's result; detections scoring at least
     ``score`` become objects (box area, or mask area with ``masks``).
     """
-    from cloud_server.backends.coco import category_ids, category_names
+    from icmh.taskmodels.coco import category_ids, category_names
 
     images, annotations = [], []
     for image_id, result in sorted(references.items()):

@@ -1,9 +1,9 @@
 """Code that the edge client and the cloud server both need.
 
-SFMA adapters and adapted codecs (:mod:`shared.models`), weights loading
-(:mod:`shared.weights`), adapter checkpoints (:mod:`shared.adapter_checkpoint`), the
-bitstream container (:mod:`shared.bitstream`) and the frame codec that ties them
-together (:mod:`shared.frame_codec`). Nothing here imports ``edge_client`` or
+SFMA adapters and adapted codecs (:mod:`icmh.models`), weights loading
+(:mod:`icmh.codec.weights`), adapter checkpoints (:mod:`icmh.codec.adapter_checkpoint`), the
+bitstream container (:mod:`icmh.codec.bitstream`) and the frame codec that ties them
+together (:mod:`icmh.codec.frame_codec`). Nothing here imports ``edge_client`` or
 ``cloud_server``.
 """
 

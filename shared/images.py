@@ -11,9 +11,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from .errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
 BLOCK = 64  # every supported codec reduces resolution by 64 (y by 16, z by 64)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # image files we read
 
 
 def load_image(path: Path) -> Tensor:

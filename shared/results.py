@@ -19,7 +19,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from .errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ class TaskResult:
     """The result of one task model on one frame of ``width`` × ``height`` pixels.
 
     Detections are sorted by descending score; ``classes`` holds the top-k classes,
-    best first; ``image_png`` is set for the ``human`` task only.
+    best first; ``image_png`` is set for the ``human`` task only; ``model`` names the task
+    model that produced the result (empty where unknown).
     """
 
     task: str
@@ -128,11 +129,13 @@ class TaskResult:
     detections: List[Detection] = field(default_factory=list)
     classes: List[ClassScore] = field(default_factory=list)
     image_png: Optional[bytes] = None
+    model: str = ""
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-serialisable dict; the PNG (if any) as base64 text under ``image_png_base64``."""
         return {
             "task": self.task,
+            "model": self.model,
             "width": self.width,
             "height": self.height,
             "detections": [d.to_json() for d in self.detections],
@@ -152,6 +155,7 @@ class TaskResult:
                 detections=[Detection.from_json(d) for d in data.get("detections", [])],
                 classes=[ClassScore.from_json(c) for c in data.get("classes", [])],
                 image_png=None if png is None else base64.b64decode(png, validate=True),
+                model=str(data.get("model", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise InvalidInputError(f"malformed task result: {type(exc).__name__}: {exc}") from None

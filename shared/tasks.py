@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
 
 class Task(str, Enum):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from shared.paths import default_data_dir  # noqa: E402
+from icmh.paths import default_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +24,25 @@ def kodak_dir(data_dir: Path) -> Path:
     folder = data_dir / "kodak"
     if not folder.is_dir():
         pytest.skip(f"Kodak images not found in {folder} (set ICMH_DATA_DIR)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def training_dir(data_dir: Path) -> Path:
+    """The BSDS500 training photos (never evaluation images); skips with a message when absent."""
+    folder = data_dir / "bsds500-train"
+    if not folder.is_dir():
+        pytest.skip(f"training images not found in {folder} (set ICMH_DATA_DIR)")
+    return folder
+
+
+@pytest.fixture()
+def few_training_images(training_dir: Path, tmp_path: Path) -> Path:
+    """A folder with links to 6 training photos (fast training runs)."""
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for path in sorted(training_dir.glob("*.jpg"))[:6]:
+        (folder / path.name).symlink_to(path)
     return folder
 
 

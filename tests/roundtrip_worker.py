@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import torch
+from safetensors.torch import save_file
 
-from shared.bitstream import parse_frame  # noqa: E402
-from shared.frame_codec import FrameCodec  # noqa: E402
-from shared.images import load_image  # noqa: E402
-from shared.tasks import Task  # noqa: E402
-from shared.weights import load_base_codec  # noqa: E402
+from icmh.codec.bitstream import parse_frame
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import load_image
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec
 
 CODEC = "mbt2018-mean-tiny"
 QUALITY = 1

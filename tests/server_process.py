@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
+from icmh.v1 import icmh_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 CODEC = ["--codec", "mbt2018-mean-tiny", "--quality", "1", "--random-weights"]
@@ -25,11 +25,13 @@ CODEC = ["--codec", "mbt2018-mean-tiny", "--quality", "1", "--random-weights"]
 class ServerProcess:
     """A cloud-server child process on free loopback ports."""
 
-    def __init__(self, *extra: str, port: int = 0, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, *extra: str, port: int = 0, env: Optional[Dict[str, str]] = None,
+                 codec: Sequence[str] = CODEC) -> None:
         env = dict(os.environ, ICMH_OFFLINE="1", **(env or {}))
+        self.adapters = extra[extra.index("--adapters") + 1] if "--adapters" in extra else None
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_server.cli", "--port", str(port), "--metrics-port", "0",
-             "--detector-min-size", "256", *CODEC, *extra],
+            [sys.executable, "-m", "icmh.cloud.cli", "--port", str(port), "--metrics-port", "0",
+             "--detector-min-size", "256", *codec, *extra],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list = []
         for line in self.proc.stdout:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from shared.models.adapted import AdaptedCodec, AdapterConfig
-from shared.models.registry import CODECS, get_codec
-from shared.tasks import Task
-from shared.weights import load_base_codec
+from icmh.models.adapted import AdaptedCodec, AdapterConfig
+from icmh.models.registry import CODECS, get_codec
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec
 
 from conftest import smooth_image
 
@@ -106,6 +106,6 @@ def test_training_forward_uses_rounded_latents_for_the_decoder():
 
 def test_selecting_a_task_without_adapters_is_refused():
     codec = _codec("mbt2018-mean-tiny", 1)
-    from shared.errors import AdapterMismatchError
+    from icmh.errors import AdapterMismatchError
     with pytest.raises(AdapterMismatchError, match="no adapters loaded for task 'segmentation'"):
         codec.set_task(Task.SEGMENTATION)

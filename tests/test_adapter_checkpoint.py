@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.adapter_checkpoint import read_adapters, save_adapters
-from shared.errors import AdapterMismatchError, InvalidInputError
-from shared.frame_codec import FrameCodec
-from shared.models.adapted import AdapterConfig
-from shared.tasks import Task
-from shared.weights import load_base_codec
+from icmh.codec.adapter_checkpoint import read_adapters, save_adapters
+from icmh.errors import AdapterMismatchError, InvalidInputError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.models.adapted import AdapterConfig
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec
 
 from conftest import smooth_image
 

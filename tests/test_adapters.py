@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from shared.models.adapted import AdaptedCodec, AdapterConfig
-from shared.models.adapters import FrequencyModulation, build_adapter
-from shared.models.registry import get_codec
-from shared.tasks import Task
+from icmh.models.adapted import AdaptedCodec, AdapterConfig
+from icmh.models.adapters import FrequencyModulation, build_adapter
+from icmh.models.registry import get_codec
+from icmh.tasks import Task
 
 
 def _six_adapter_params(variant: str, d: int) -> int:

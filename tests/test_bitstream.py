@@ -1,4 +1,4 @@
-"""Tests for the one-frame bitstream container (:mod:`shared.bitstream`)."""
+"""Tests for the one-frame bitstream container (:mod:`icmh.codec.bitstream`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.bitstream import (
+from icmh.codec.bitstream import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -26,7 +26,7 @@ from shared.bitstream import (
     pack_frame,
     parse_frame,
 )
-from shared.errors import BitstreamError, UnsupportedVersionError
+from icmh.errors import BitstreamError, UnsupportedVersionError
 
 # Offsets of the fixed header fields (format version 1).
 OFF_VERSION = 4

@@ -1,4 +1,4 @@
-"""Bjøntegaard metrics (``evaluation.bjontegaard``) and the ``icmh bd`` command.
+"""Bjøntegaard metrics (``icmh.evaluation.bjontegaard``) and the ``icmh bd`` command.
 
 Besides exact identities (equal curves, half the rate, +1 dB), both interpolations are
 checked against published worked examples with their published results (sources at
@@ -17,12 +17,10 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from evaluation import bjontegaard  # noqa: E402
-from evaluation.bjontegaard import bd_metric, bd_rate, read_curve_csv  # noqa: E402
-from shared.errors import InvalidInputError  # noqa: E402
+from icmh.evaluation import bjontegaard
+from icmh.evaluation.bjontegaard import bd_metric, bd_rate, read_curve_csv
+from icmh.errors import InvalidInputError
 
 METHODS = ("cubic", "pchip")
 Points = List[Tuple[float, float]]
@@ -244,7 +242,7 @@ def test_read_curve_csv_missing_file_and_folder(tmp_path: Path) -> None:
 # --- icmh bd -------------------------------------------------------------------------
 
 def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     anchor = curve_csv(tmp_path / "anchor.csv", VCEG_M33_ANCHOR)
     test = curve_csv(tmp_path / "test.csv", VCEG_M33_TEST, extra=True)
@@ -257,7 +255,7 @@ def test_cli_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 
 def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     anchor = curve_csv(tmp_path / "anchor.csv", JCTVC_E137_CASES[1][0])
     test = curve_csv(tmp_path / "test.csv", JCTVC_E137_CASES[1][1])
@@ -279,7 +277,7 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 ], ids=["bad-header", "too-few-points", "missing-file"])
 def test_cli_bad_csv_exits_2_with_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                  bad, message: str) -> None:
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     anchor = curve_csv(tmp_path / "anchor.csv", VCEG_M33_ANCHOR)
     test = tmp_path / "test.csv"
@@ -293,7 +291,7 @@ def test_cli_bad_csv_exits_2_with_one_error_line(tmp_path: Path, capsys: pytest.
 
 
 def test_cli_help_describes_the_command(capsys: pytest.CaptureFixture) -> None:
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["bd", "--help"])

@@ -32,12 +32,10 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from shared.bitstream import HEADER_SIZE, MAGIC, pack_frame, parse_frame  # noqa: E402
-from shared.paths import default_data_dir  # noqa: E402
-from shared.weights import BUNDLED_DIR  # noqa: E402
+from icmh.codec.bitstream import HEADER_SIZE, MAGIC, pack_frame, parse_frame
+from icmh.paths import default_data_dir
+from icmh.codec.weights import BUNDLED_DIR
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
 TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
@@ -76,7 +74,7 @@ BATCH = """
 import contextlib, io, json, resource, sys, time, traceback
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-from icmh.cli import main
+from icmh.cli.main import main
 results = []
 for argv in json.load(open(sys.argv[2])):
     out, err = io.StringIO(), io.StringIO()
@@ -266,10 +264,10 @@ def adapter_files(work) -> Dict[str, Path]:
     """Two detection adapter checkpoints for the trained tiny codec (seeds 0 and 1)."""
     if not TINY_WEIGHTS.is_file():
         pytest.fail(f"bundled weights {TINY_WEIGHTS} are missing")
-    from shared.adapter_checkpoint import save_adapters
-    from shared.frame_codec import FrameCodec
-    from shared.tasks import Task
-    from shared.weights import load_base_codec
+    from icmh.codec.adapter_checkpoint import save_adapters
+    from icmh.codec.frame_codec import FrameCodec
+    from icmh.tasks import Task
+    from icmh.codec.weights import load_base_codec
 
     loaded = load_base_codec("mbt2018-mean-tiny", 1)
     files = {}
@@ -431,7 +429,7 @@ def test_decoding_with_other_adapters_is_refused(phase2, work):
 
 def test_decoding_a_task_frame_without_adapters_is_refused_naming_the_flags(phase2, work):
     line = assert_one_line_error(phase2["refusal-batch"]["detection-no-adapters"], r"--adapters")
-    assert "--random-weights" in line
+    assert "--random-adapters" in line
     assert not (work / "out" / "det-none.png").exists()
 
 
@@ -561,10 +559,10 @@ def test_decode_process_given_a_malformed_frame_exits_2_with_one_error_line(phas
       "--codec-weights", "{png}"], "pickled objects are refused"),
 ])
 def test_unusable_outputs_and_inputs_end_in_one_error_line(capsys, tmp_path, argv, fragment):
-    from shared.frame_codec import FrameCodec
-    from shared.images import save_image
-    from shared.tasks import Task
-    from shared.weights import load_base_codec
+    from icmh.codec.frame_codec import FrameCodec
+    from icmh.images import save_image
+    from icmh.tasks import Task
+    from icmh.codec.weights import load_base_codec
     from conftest import smooth_image
 
     png, frame = tmp_path / "in.png", tmp_path / "in.icmh"
@@ -572,7 +570,7 @@ def test_unusable_outputs_and_inputs_end_in_one_error_line(capsys, tmp_path, arg
     save_image(image, png)
     frame.write_bytes(FrameCodec(load_base_codec("mbt2018-mean-tiny", 1)).encode([image], Task.HUMAN)[0].data)
     args = [a.format(png=png, frame=frame, tmp=tmp_path) for a in argv]
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     status = main(args)
     lines = capsys.readouterr().err.strip().splitlines()
@@ -582,7 +580,7 @@ def test_unusable_outputs_and_inputs_end_in_one_error_line(capsys, tmp_path, arg
 
 
 def test_zero_adapter_bottleneck_is_a_usage_error(capsys):
-    from icmh.cli import main
+    from icmh.cli.main import main
 
     with pytest.raises(SystemExit) as info:
         main(["info", "--mid-dim", "0"])

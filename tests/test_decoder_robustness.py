@@ -4,7 +4,7 @@ A real frame (the trained ``mbt2018-mean-tiny`` quality 1 codec, a 128×192 crop
 real image) is mutated in every way a channel or an attacker could: truncation, bit
 flips, wrong magic or version, oversized length fields, random bytes, and frames with a
 valid CRC whose header fields and strings are garbage. Every case must end in an
-:class:`~shared.errors.IcmhError` with a one-line message; only frames whose container
+:class:`~icmh.errors.IcmhError` with a one-line message; only frames whose container
 and header are acceptable may decode, and then to an image of the header's size.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import sys
 import zlib
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -25,11 +24,9 @@ from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from shared.bitstream import HEADER_SIZE, MAGIC, FrameHeader, pack_frame, parse_frame  # noqa: E402
-from shared.errors import (  # noqa: E402
+from icmh.codec.bitstream import HEADER_SIZE, MAGIC, FrameHeader, pack_frame, parse_frame
+from icmh.errors import (
     AdapterMismatchError,
     BitstreamError,
     CodecMismatchError,
@@ -37,13 +34,13 @@ from shared.errors import (  # noqa: E402
     IndexMismatchError,
     UnsupportedVersionError,
 )
-from shared.frame_codec import DecodedFrame, FrameCodec  # noqa: E402
-from shared.images import load_image  # noqa: E402
-from shared.paths import default_data_dir  # noqa: E402
-from shared.tasks import Task  # noqa: E402
-from shared.weights import BUNDLED_DIR, load_base_codec  # noqa: E402
+from icmh.codec.frame_codec import DecodedFrame, FrameCodec
+from icmh.images import load_image
+from icmh.paths import default_data_dir
+from icmh.tasks import Task
+from icmh.codec.weights import BUNDLED_DIR, load_base_codec
 
-from conftest import smooth_image  # noqa: E402
+from conftest import smooth_image
 
 TINY_WEIGHTS = BUNDLED_DIR / "mbt2018-mean-tiny-1.safetensors"
 CROP_H, CROP_W = 128, 192

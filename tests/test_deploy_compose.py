@@ -81,7 +81,7 @@ def test_gpu_server_reserves_one_nvidia_gpu_and_the_cpu_variant_is_a_profile(com
 
 
 def test_server_commands_are_flags_cloud_server_accepts(compose):
-    from cloud_server.cli import build_parser
+    from icmh.cloud.cli import build_parser
 
     for name, device in (("cloud-server", "cuda"), ("cloud-server-cpu", "cpu")):
         command = argv(compose["services"][name], "cloud-server")
@@ -98,7 +98,7 @@ def test_server_commands_are_flags_cloud_server_accepts(compose):
 
 
 def test_demo_edge_streams_the_demo_scene_to_the_server_over_grpc(compose):
-    from edge_client.cli import build_parser
+    from icmh.edge.cli import build_parser
 
     edge = compose["services"]["edge"]
     command = argv(edge, "edge-client")
@@ -166,7 +166,7 @@ def test_edge_image_is_a_small_cpu_image():
 def test_dockerignore_keeps_what_the_images_copy():
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
-    for needed in ("shared", "edge_client", "cloud_server", "pyproject.toml", "constraints.txt", "README.md",
+    for needed in ("shared", "edge_client", "cloud_server", "cli", "training", "evaluation", "pyproject.toml", "constraints.txt", "README.md",
                    "deploy/docker", "deploy"):
         assert needed not in ignored
     assert {".venv", ".git"} <= ignored

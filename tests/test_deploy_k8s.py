@@ -117,7 +117,7 @@ def test_pods_get_longer_to_stop_than_the_server_drains(base):
 
 
 def test_server_args_are_flags_cloud_server_accepts(base):
-    from cloud_server.cli import build_parser
+    from icmh.cloud.cli import build_parser
 
     args = server_container(base)["args"]
     _, unknown = build_parser().parse_known_args(args)

@@ -152,7 +152,7 @@ def run_edge_client(server: ServerProcess, metrics_port: int, frames: int) -> di
     Returns the exit code, the output, and the last /metrics page read after its first frame
     was sent (the client serves metrics only while it runs).
     """
-    command = [sys.executable, "-m", "edge_client.cli", "--demo", "--frames", str(frames), "--task", "human",
+    command = [sys.executable, "-m", "icmh.edge.cli", "--demo", "--frames", str(frames), "--task", "human",
                "--server", f"127.0.0.1:{server.port}", "--metrics-port", str(metrics_port),
                "--output", "/dev/null", *CODEC]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -4,11 +4,11 @@ import json
 
 import torch
 
-from cloud_server.cli import main as cloud_main
-from edge_client.cli import main as edge_main
-from edge_client.sources import demo_frames
-from shared.bitstream import parse_frame
-from shared.images import load_image
+from icmh.cloud.cli import main as cloud_main
+from icmh.edge.cli import main as edge_main
+from icmh.edge.sources import demo_frames
+from icmh.codec.bitstream import parse_frame
+from icmh.images import load_image
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
 

@@ -15,7 +15,7 @@ TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
 
 
 def _edge(*argv: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_client.cli", *argv], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "icmh.edge.cli", *argv], cwd=ROOT,
                             env=dict(os.environ, ICMH_OFFLINE="1"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -78,15 +78,15 @@ def test_unreachable_server_and_unknown_task_are_one_line_errors():
 def test_live_source_drops_the_oldest_unsent_frames_when_the_window_is_full():
     import asyncio
 
-    from edge_client.metrics import EdgeMetrics
-    from edge_client.streaming import FrameStreamer
-    from shared.codec_loader import CodecOptions, open_frame_codec
-    from shared.tasks import Task
+    from icmh.edge.metrics import EdgeMetrics
+    from icmh.edge.streaming import FrameStreamer
+    from icmh.codec.loader import CodecOptions, open_frame_codec
+    from icmh.tasks import Task
     from conftest import smooth_image
 
     server = ServerProcess("--tasks", "human")
     try:
-        codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True))
+        codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True))
         encoded = codec.encode([smooth_image(360, 640, seed) for seed in range(2)], Task.HUMAN)
         frames = iter([encoded[i % 2] for i in range(40)])  # a camera far faster than the server
         answered = []
@@ -97,3 +97,35 @@ def test_live_source_drops_the_oldest_unsent_frames_when_the_window_is_full():
         assert answered == sorted(answered) and answered[-1] == 39  # the newest frame is never dropped
     finally:
         server.stop()
+
+
+def test_without_server_the_user_command_streams_to_icmh_server_and_prints_results(tmp_path, data_dir):
+    """The design card's words, ``edge-client --images DIR --task detection``, with no --server: $ICMH_SERVER."""
+    folder = data_dir / "coco-mini" / "val2017"
+    if not folder.is_dir():
+        import pytest
+        pytest.skip(f"{folder} not found (set ICMH_DATA_DIR)")
+    server = ServerProcess("--tasks", "detection")
+    try:
+        out = tmp_path / "results.jsonl"
+        annotated = tmp_path / "annotated"
+        edge = subprocess.Popen(
+            [sys.executable, "-m", "icmh.edge.cli", "--images", str(folder), "--frames", "2", "--task", "detection",
+             *TINY, "--random-weights", "--output", str(out), "--annotate", str(annotated)],
+            cwd=ROOT, env=dict(os.environ, ICMH_OFFLINE="1", ICMH_SERVER=f"127.0.0.1:{server.port}"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout, err = edge.communicate(timeout=300)
+        assert edge.returncode == 0, err
+        lines = [line.strip() for line in stdout.splitlines() if line.strip().startswith("frame")]
+        assert len(lines) == 2 and all(re.search(r" B +\d\.\d{4} bpp +round trip +[\d.]+ ms +\[", x) for x in lines)
+        assert [r["frame_id"] for r in _results(out)] == [0, 1]
+        assert sorted(p.name for p in annotated.iterdir()) == ["frame_000000.png", "frame_000001.png"]
+    finally:
+        assert server.stop() == 0
+
+
+def test_without_a_camera_the_user_command_says_only_that(tmp_path):
+    edge = _edge("--camera", "7", "--task", "detection", *TINY)
+    _, err = edge.communicate(timeout=120)
+    assert edge.returncode == 2
+    assert err.strip().splitlines() == ["error: camera 7 could not be opened"]

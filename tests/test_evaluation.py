@@ -22,19 +22,19 @@ import pytest
 import torch
 from PIL import Image
 
-from cloud_server.backends import build_backend
-from evaluation.coders import LearnedCoder, PillowCoder
-from evaluation.datasets import open_eval_set
-from evaluation.runner import resize_short_side
-from evaluation.scoring import ClassificationScorer, DetectionScorer, FidelityScorer, pseudo_ground_truth, resize_rle
-from icmh.cli import main
-from shared.adapter_checkpoint import save_adapters
-from shared.errors import InvalidInputError
-from shared.frame_codec import FrameCodec
-from shared.images import load_image
-from shared.results import Box, Detection, TaskResult
-from shared.tasks import Task
-from shared.weights import load_base_codec
+from icmh.evaluation.coders import LearnedCoder, PillowCoder
+from icmh.evaluation.datasets import open_eval_set
+from icmh.evaluation.scoring import ClassificationScorer, DetectionScorer, FidelityScorer, pseudo_ground_truth, resize_rle
+from icmh.cli.main import main
+from icmh.codec.adapter_checkpoint import save_adapters
+from icmh.errors import InvalidInputError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import load_image
+from icmh.results import Box, Detection, TaskResult
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec
+from icmh.taskmodels import ModelOptions, load_task_model
+from icmh.taskmodels.torchvision_models import resize_short_side
 
 TINY = ["--codec", "mbt2018-mean-tiny"]
 BANNER = "RANDOM WEIGHTS"
@@ -159,7 +159,7 @@ def test_resize_rle_keeps_the_mask_shape():
 
 def test_top1_top5_count_hits():
     def result(*indexes):
-        from shared.results import ClassScore
+        from icmh.results import ClassScore
 
         return TaskResult("classification", 1, 1, classes=[ClassScore(i, str(i), 0.1) for i in indexes])
 
@@ -221,13 +221,13 @@ def _eval(tmp_path: Path, capsys, *argv: str) -> tuple:
 def test_eval_classification_scores_top1_against_labels_csv(tmp_path, capsys, imagenet_dir):
     code, out, err = _eval(tmp_path, capsys, "--task", "classification", "--data", str(imagenet_dir),
                            "--images", "3", *TINY, "--qualities", "1,2", "--methods", "base,adapted,jpeg",
-                           "--jpeg-qualities", "10,50", "--random-weights", "--random-adapters")
+                           "--jpeg-qualities", "10,50", "--random-task-model", "--random-adapters")
     assert code == 0, err
     summary = json.loads((tmp_path / "eval-classification.json").read_text())
     assert summary["random_weights"] and BANNER in summary["warning"] and BANNER in out
     assert "labels.csv" in summary["reference"]
     # the uncompressed row's top-1, recomputed here from labels.csv and the same (seeded) model
-    model = build_backend("classification", random_weights=True, device="cpu")
+    model = load_task_model(Task.CLASSIFICATION, None, ModelOptions(random_weights=True))
     items = open_eval_set(Task.CLASSIFICATION, imagenet_dir, limit=3).images
     hits = [model.infer([load_image(i.path)])[0].classes[0].index == i.label for i in items]
     rows = {(r["method"], r["quality"]): r for r in summary["points"]}
@@ -245,7 +245,7 @@ def test_eval_classification_scores_top1_against_labels_csv(tmp_path, capsys, im
 def test_eval_fidelity_mode_scores_the_uncompressed_predictions_100(tmp_path, capsys, imagenet_dir):
     code, out, err = _eval(tmp_path, capsys, "--task", "classification", "--data", str(imagenet_dir),
                            "--images", "3", *TINY, "--qualities", "1", "--methods", "base,webp",
-                           "--webp-qualities", "20", "--reference", "predictions", "--random-weights")
+                           "--webp-qualities", "20", "--reference", "predictions", "--random-task-model")
     assert code == 0, err
     summary = json.loads((tmp_path / "eval-classification.json").read_text())
     assert "fidelity" in summary["reference"] and "no labels" in out
@@ -256,7 +256,7 @@ def test_eval_detection_on_coco_mini_gives_pycocotools_ap_curves_plot_and_bd_tab
     code, out, err = _eval(tmp_path, capsys, "--task", "detection", "--data", str(coco_dir), "--images", "2",
                            *TINY, "--qualities", "1,2", "--methods", "base,adapted,jpeg", "--jpeg-qualities", "10,40",
                            "--short-side", "256", "--max-side", "448", "--max-proposals", "50",
-                           "--random-weights", "--random-adapters")
+                           "--random-task-model", "--random-adapters")
     assert code == 0, err
     summary = json.loads((tmp_path / "eval-detection.json").read_text())
     assert "instances_val2017.json" in summary["reference"] and summary["random_weights"]
@@ -294,7 +294,7 @@ def test_eval_uses_the_adapter_file_of_each_quality(tmp_path, capsys, imagenet_d
                   frame_codec.loaded.fingerprint, random_weights=True)
     code, out, err = _eval(tmp_path / "out", capsys, "--task", "classification", "--data", str(imagenet_dir),
                            "--images", "2", *TINY, "--qualities", "1", "--methods", "adapted",
-                           "--adapters", str(tmp_path), "--random-weights")
+                           "--adapters", str(tmp_path), "--random-task-model")
     assert code == 0, err
     rows = json.loads((tmp_path / "out" / "eval-classification.json").read_text())["points"]
     assert "cls-q1.safetensors" in rows[1]["coder"] and rows[1]["random_weights"]

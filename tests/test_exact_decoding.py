@@ -25,18 +25,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from shared.bitstream import pack_frame, parse_frame  # noqa: E402
-from shared.errors import IndexMismatchError  # noqa: E402
-from shared.frame_codec import FrameCodec  # noqa: E402
-from shared.images import load_image, save_image  # noqa: E402
-from shared.paths import default_data_dir  # noqa: E402
-from shared.tasks import Task  # noqa: E402
-from shared.weights import BUNDLED_DIR, load_base_codec  # noqa: E402
+from icmh.codec.bitstream import pack_frame, parse_frame
+from icmh.errors import IndexMismatchError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import load_image, save_image
+from icmh.paths import default_data_dir
+from icmh.tasks import Task
+from icmh.codec.weights import BUNDLED_DIR, load_base_codec
 
-from conftest import smooth_image  # noqa: E402
+from conftest import smooth_image
 
 WORKER = Path(__file__).resolve().parent / "roundtrip_worker.py"
 TINY = ("mbt2018-mean-tiny", 1)

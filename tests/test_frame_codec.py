@@ -5,12 +5,12 @@ import dataclasses
 import pytest
 import torch
 
-from shared.bitstream import pack_frame, parse_frame
-from shared.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
-from shared.frame_codec import FrameCodec
-from shared.images import load_image
-from shared.tasks import Task
-from shared.weights import load_base_codec
+from icmh.codec.bitstream import pack_frame, parse_frame
+from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.images import load_image
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec
 
 from conftest import smooth_image
 

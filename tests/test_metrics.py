@@ -17,9 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from cloud_server.metrics import STAGE_LABEL, CloudMetrics
-from edge_client.metrics import DROP_REASON_LABEL, EdgeMetrics
-from shared.metrics_common import (
+from icmh.cloud.metrics import STAGE_LABEL, CloudMetrics
+from icmh.edge.metrics import DROP_REASON_LABEL, EdgeMetrics
+from icmh.service.metrics import (
     BPP_BUCKETS,
     BYTES_BUCKETS,
     SECONDS_BUCKETS,
@@ -313,7 +313,7 @@ def test_metrics_server_reports_its_port_and_refuses_bad_ports():
 
 
 def test_label_values_accept_enums_and_ints_and_reject_everything_else():
-    from shared.tasks import Task
+    from icmh.tasks import Task
 
     assert TASK_LABEL(Task.SEGMENTATION) == "segmentation"
     assert TASK_LABEL("classification") == "classification"

@@ -1,4 +1,4 @@
-"""The wire contract (``proto/icmh/v1/icmh.proto``) and its generated stubs (``shared/proto``).
+"""The wire contract (``proto/icmh/v1/icmh.proto``) and its generated stubs (``shared/v1``, the package ``icmh.v1``).
 
 The stubs are committed; these tests regenerate them with the pinned grpcio-tools and
 compare byte for byte, so a ``.proto`` edit without ``python scripts/gen_proto.py`` fails.
@@ -17,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GEN_SCRIPT = ROOT / "scripts" / "gen_proto.py"
-STUBS = ("shared/proto/icmh/v1/icmh_pb2.py", "shared/proto/icmh/v1/icmh_pb2.pyi",
-         "shared/proto/icmh/v1/icmh_pb2_grpc.py")
+STUBS = ("shared/v1/icmh_pb2.py", "shared/v1/icmh_pb2.pyi",
+         "shared/v1/icmh_pb2_grpc.py")
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +56,17 @@ def test_generation_is_deterministic(gen_proto):
 
 def test_check_names_stale_missing_and_stray_files(gen_proto, tmp_path):
     shutil.copytree(ROOT / "proto", tmp_path / "proto")
-    shutil.copytree(ROOT / "shared/proto", tmp_path / "shared/proto",
+    shutil.copytree(ROOT / "shared/v1", tmp_path / "shared/v1",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    grpc_module = tmp_path / "shared/proto/icmh/v1/icmh_pb2_grpc.py"
+    grpc_module = tmp_path / "shared/v1/icmh_pb2_grpc.py"
     grpc_module.write_bytes(grpc_module.read_bytes() + b"\n")
-    (tmp_path / "shared/proto/icmh/v1/icmh_pb2.pyi").unlink()
-    (tmp_path / "shared/proto/icmh/v1/old_pb2.py").write_text("")
+    (tmp_path / "shared/v1/icmh_pb2.pyi").unlink()
+    (tmp_path / "shared/v1/old_pb2.py").write_text("")
 
     assert gen_proto.check(tmp_path) == [
-        "shared/proto/icmh/v1/icmh_pb2.pyi (missing)",
-        "shared/proto/icmh/v1/icmh_pb2_grpc.py (differs)",
-        "shared/proto/icmh/v1/old_pb2.py (not generated from the current .proto)",
+        "shared/v1/icmh_pb2.pyi (missing)",
+        "shared/v1/icmh_pb2_grpc.py (differs)",
+        "shared/v1/old_pb2.py (not generated from the current .proto)",
     ]
     result = run_generator("--check", "--root", str(tmp_path))
     assert result.returncode == 1
@@ -75,7 +75,7 @@ def test_check_names_stale_missing_and_stray_files(gen_proto, tmp_path):
 
 def test_an_edited_proto_makes_the_check_fail(gen_proto, tmp_path):
     shutil.copytree(ROOT / "proto", tmp_path / "proto")
-    shutil.copytree(ROOT / "shared/proto", tmp_path / "shared/proto",
+    shutil.copytree(ROOT / "shared/v1", tmp_path / "shared/v1",
                     ignore=shutil.ignore_patterns("__pycache__"))
     proto = tmp_path / "proto/icmh/v1/icmh.proto"
     proto.write_text(proto.read_text().replace("message GetCapabilitiesRequest {}",
@@ -87,26 +87,26 @@ def test_an_edited_proto_makes_the_check_fail(gen_proto, tmp_path):
 
 # --- the generated modules -----------------------------------------------------------------------
 
-def test_stubs_import_from_shared_not_from_the_cli_package():
-    from shared.proto.icmh.v1 import icmh_pb2, icmh_pb2_grpc
+def test_stubs_are_the_icmh_v1_package_exactly_as_protoc_writes_them():
+    from icmh.v1 import icmh_pb2, icmh_pb2_grpc
 
     assert icmh_pb2_grpc.icmh_dot_v1_dot_icmh__pb2 is icmh_pb2
-    assert "icmh.v1" not in sys.modules
-    assert icmh_pb2.InferRequest.__module__ == "shared.proto.icmh.v1.icmh_pb2"
+    assert b"from icmh.v1 import icmh_pb2" in (ROOT / "shared/v1/icmh_pb2_grpc.py").read_bytes()
+    assert icmh_pb2.InferRequest.__module__ == "icmh.v1.icmh_pb2"
     # the descriptor keeps the canonical file name that reflection and other languages see
     assert icmh_pb2.DESCRIPTOR.name == "icmh/v1/icmh.proto"
     assert icmh_pb2.DESCRIPTOR.package == "icmh.v1"
 
 
 def test_messages_pickle_by_their_real_module():
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     request = icmh_pb2.InferRequest(frame_id=7, bitstream=b"ICMH\x01")
     assert pickle.loads(pickle.dumps(request)) == request
 
 
 def test_infer_request_and_response_round_trip_through_bytes():
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     request = icmh_pb2.InferRequest(frame_id=2**40 + 3, bitstream=bytes(range(256)))
     assert icmh_pb2.InferRequest.FromString(request.SerializeToString()) == request
@@ -127,7 +127,7 @@ def test_infer_request_and_response_round_trip_through_bytes():
 def test_a_frame_error_round_trips_and_is_distinguishable_from_a_result():
     import grpc
 
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
     response = icmh_pb2.InferResponse(frame_id=9, error=icmh_pb2.FrameError(
@@ -140,7 +140,7 @@ def test_a_frame_error_round_trips_and_is_distinguishable_from_a_result():
 
 
 def test_capabilities_round_trip_with_limits_and_adapter_hashes():
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     caps = icmh_pb2.Capabilities(
         codecs=[icmh_pb2.CodecCapability(codec="mbt2018-mean", codec_id=1, quality=3,
@@ -156,7 +156,7 @@ def test_capabilities_round_trip_with_limits_and_adapter_hashes():
 
 def test_field_numbers_are_stable():
     """Renumbering a field breaks every deployed client: this list only ever grows."""
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     expected = {
         "InferRequest": {"frame_id": 1, "bitstream": 2},
@@ -181,7 +181,7 @@ def test_field_numbers_are_stable():
 # --- the service ---------------------------------------------------------------------------------
 
 def test_service_has_exactly_three_methods_with_the_right_streaming():
-    from shared.proto.icmh.v1 import icmh_pb2
+    from icmh.v1 import icmh_pb2
 
     service = icmh_pb2.DESCRIPTOR.services_by_name["InferenceService"]
     assert service.full_name == "icmh.v1.InferenceService"
@@ -195,7 +195,7 @@ def test_service_has_exactly_three_methods_with_the_right_streaming():
 
 
 def test_generated_stub_and_servicer_match_the_descriptor():
-    from shared.proto.icmh.v1 import icmh_pb2_grpc
+    from icmh.v1 import icmh_pb2_grpc
 
     class RecordingChannel:
         def __init__(self):

@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Iterator
 
-from edge_client.metrics import EdgeMetrics
-from edge_client.streaming import FrameStreamer
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.frame_codec import EncodedFrame
-from shared.tasks import Task
+from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.streaming import FrameStreamer
+from icmh.codec.loader import CodecOptions, open_frame_codec
+from icmh.codec.frame_codec import EncodedFrame
+from icmh.tasks import Task
 
 from conftest import smooth_image
 from server_process import ROOT, ServerProcess, start_servers, stop_servers
@@ -38,7 +38,7 @@ def test_streams_spread_over_three_servers_and_one_stopping_loses_no_frame(tmp_p
     out = tmp_path / "results.jsonl"
     target = "ipv4:" + ",".join(f"127.0.0.1:{server.port}" for server in servers)
     edge = subprocess.Popen(
-        [sys.executable, "-m", "edge_client.cli", "--demo", "--frames", str(frames), "--task", "human", *TINY,
+        [sys.executable, "-m", "icmh.edge.cli", "--demo", "--frames", str(frames), "--task", "human", *TINY,
          "--random-weights", "--server", target, "--streams", "3", "--window", "2", "--output", str(out)],
         cwd=ROOT, env=dict(os.environ, ICMH_OFFLINE="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -69,7 +69,7 @@ def _paced(frames: list, count: int, interval: float) -> Iterator[EncodedFrame]:
 def test_max_connection_age_cuts_long_streams_and_the_client_loses_no_frame():
     server = ServerProcess("--tasks", "human", "--max-connection-age", "1", "--max-connection-age-grace", "1")
     try:
-        codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True))
+        codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True))
         encoded = codec.encode([smooth_image(64, 96, seed) for seed in range(2)], Task.HUMAN)
         answered = []
         streamer = FrameStreamer(f"127.0.0.1:{server.port}", window=2, live=False, metrics=EdgeMetrics(),

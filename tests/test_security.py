@@ -13,16 +13,16 @@ from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from cloud_server import cli as server_cli
-from cloud_server.auth import BearerTokenInterceptor, load_tokens
-from edge_client import cli as edge_cli
-from edge_client.connection import load_client_security
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.credentials import bearer_token
-from shared.errors import InvalidInputError
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.proto.icmh.v1 import icmh_pb2_grpc as pb_grpc
-from shared.tasks import Task
+from icmh.cloud import cli as server_cli
+from icmh.cloud.auth import BearerTokenInterceptor, load_tokens
+from icmh.edge import cli as edge_cli
+from icmh.edge.connection import load_client_security
+from icmh.codec.loader import CodecOptions, open_frame_codec
+from icmh.service.credentials import bearer_token
+from icmh.errors import InvalidInputError
+from icmh.v1 import icmh_pb2 as pb
+from icmh.v1 import icmh_pb2_grpc as pb_grpc
+from icmh.tasks import Task
 
 from conftest import smooth_image
 from server_process import ROOT, start_servers, stop_servers
@@ -55,7 +55,7 @@ def servers(pki, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def frame() -> bytes:
-    codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True))
+    codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True))
     return codec.encode([smooth_image(64, 96)], Task.HUMAN)[0].data
 
 
@@ -179,7 +179,7 @@ def test_mutual_tls_refuses_clients_without_a_certificate_of_the_trusted_ca(serv
 
 # -- the command lines ----------------------------------------------------------------------------
 def _edge(*argv: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_client.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "icmh.edge.cli", *argv], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, ICMH_OFFLINE="1", **(env or {})), timeout=300)
 
 

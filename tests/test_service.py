@@ -3,35 +3,39 @@
 from __future__ import annotations
 
 import os
-import time
 import signal
+import time
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pycocotools import mask as mask_utils
 
-from shared.result_proto import result_from_proto
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.images import load_image
-from shared.proto.icmh.v1 import icmh_pb2 as pb
-from shared.tasks import Task
+from icmh.service.result_proto import result_from_proto
+from icmh.codec.loader import CodecOptions, open_frame_codec
+from icmh.images import load_image
+from icmh.evaluation.datasets import open_eval_set
+from icmh.taskmodels import TASK_MODELS, default_model_name
+from icmh.tasks import Task
+from icmh.v1 import icmh_pb2 as pb
 
 from conftest import smooth_image
-
 from server_process import ServerProcess
+from support import identity_adapter_files
 
 
 @pytest.fixture(scope="module")
 def server():
-    process = ServerProcess()
+    process = ServerProcess("--score-threshold", "0")  # random task models: keep every detection
     yield process
     process.stop()
 
 
 @pytest.fixture(scope="module")
 def frame_codec():
-    return open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True), list(Task))
+    return open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True,
+                                         random_adapters=True), list(Task))
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +50,14 @@ def images(data_dir):
 
 @pytest.mark.parametrize("task", list(Task), ids=lambda t: t.value)
 def test_stream_returns_one_well_formed_result_per_frame_in_order(server, frame_codec, images, task):
+    server_models = {Task(m.task): m.name for m in server.stub.GetCapabilities(pb.GetCapabilitiesRequest()).task_models}
     frames = frame_codec.encode(images, task)
     requests = [pb.InferRequest(frame_id=100 + i, bitstream=f.data) for i, f in enumerate(frames)]
     responses = list(server.stub.StreamInfer(iter(requests), timeout=300))
     assert [r.frame_id for r in responses] == [100, 101, 102]
     for response, frame, image in zip(responses, frames, images):
         assert not response.HasField("error"), response.error.message
-        assert response.task == task.value
+        assert response.task == task.value and response.model == server_models[task]
         assert (response.height, response.width) == tuple(image.shape[-2:])
         assert response.bits_per_pixel == pytest.approx(frame.bpp)
         result = result_from_proto(response)
@@ -80,7 +85,8 @@ def load_png_size(data: bytes):
 def test_bad_inputs_get_the_right_status_and_the_server_keeps_serving(server, frame_codec, images):
     good = frame_codec.encode(images[:1], Task.HUMAN)[0].data
     detection = frame_codec.encode(images[:1], Task.DETECTION)[0].data
-    other = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_weights=True, seed=5),
+    other = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True,
+                                          random_adapters=True, seed=5),
                              [Task.DETECTION]).encode(images[:1], Task.DETECTION)[0].data
     cases = [
         (os.urandom(500), grpc.StatusCode.INVALID_ARGUMENT, "bad magic"),
@@ -103,7 +109,7 @@ def test_bad_inputs_get_the_right_status_and_the_server_keeps_serving(server, fr
 def _with_adapter_hash(data: bytes, value: bytes) -> bytes:
     import dataclasses
 
-    from shared.bitstream import pack_frame, parse_frame
+    from icmh.codec.bitstream import pack_frame, parse_frame
     frame = parse_frame(data)
     return pack_frame(dataclasses.replace(frame.header, adapter_hash=value), frame.strings)
 
@@ -111,7 +117,7 @@ def _with_adapter_hash(data: bytes, value: bytes) -> bytes:
 def _with_task(data: bytes, task_id: int) -> bytes:
     import dataclasses
 
-    from shared.bitstream import pack_frame, parse_frame
+    from icmh.codec.bitstream import pack_frame, parse_frame
     frame = parse_frame(data)
     return pack_frame(dataclasses.replace(frame.header, task_id=task_id), frame.strings)
 
@@ -124,6 +130,52 @@ def test_health_reflection_and_capabilities(server, frame_codec):
     assert set(caps.tasks) == {t.value for t in Task}
     assert caps.codecs[0].codec == "mbt2018-mean-tiny"
     assert caps.codecs[0].adapter_hashes["detection"] == frame_codec.codec.adapter_hash(Task.DETECTION)
+    models = {m.task: m for m in caps.task_models}
+    assert set(models) == {t.value for t in Task}
+    assert models["human"].name == "png"
+    for task in (Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION):
+        assert models[task.value].name == default_model_name(task)
+        assert models[task.value].weights.startswith("RANDOM WEIGHTS") and not models[task.value].pretrained
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory):
+    """A server with the real task models of ../shared/models and a trained codec (identity adapters)."""
+    names = [default_model_name(task) for task in (Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION)]
+    if not all(TASK_MODELS[name].files_present() for name in names) or names[0] != "yolox-nano":
+        pytest.skip("the real task models are not here (set ICMH_MODELS_DIR to ../shared/models)")
+    folder = tmp_path_factory.mktemp("adapters")
+    identity_adapter_files(folder, "mbt2018-mean-tiny", 4, [Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION])
+    process = ServerProcess("--codec", "mbt2018-mean-tiny", "--quality", "4", "--adapters", str(folder), codec=())
+    yield process
+    process.stop()
+
+
+def test_real_models_find_the_objects_of_a_coco_image_and_name_themselves(real_server, data_dir):
+    eval_set = open_eval_set(Task.DETECTION, data_dir / "coco-mini")
+    item = next(i for i in eval_set.images if len(eval_set.coco.getAnnIds(imgIds=[i.image_id])) >= 3)
+    truth = {eval_set.coco.cats[a["category_id"]]["name"]
+             for a in eval_set.coco.loadAnns(eval_set.coco.getAnnIds(imgIds=[item.image_id]))}
+    image = load_image(item.path)
+    codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=4,
+                                          adapters=sorted(Path(real_server.adapters).glob("*.safetensors"))))
+    caps = {m.task: m for m in real_server.stub.GetCapabilities(pb.GetCapabilitiesRequest()).task_models}
+    for task in (Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION):
+        assert caps[task.value].pretrained and caps[task.value].name == default_model_name(task)
+        frame = codec.encode([image], task)[0]
+        response = real_server.stub.Infer(pb.InferRequest(frame_id=1, bitstream=frame.data), timeout=300)
+        result = result_from_proto(response)
+        assert result.model == default_model_name(task) and (result.height, result.width) == tuple(image.shape[-2:])
+        if task is Task.CLASSIFICATION:
+            assert len(result.classes) == 5 and result.classes[0].score > 0
+            continue
+        found = {d.label_name for d in result.detections}
+        assert found & truth, f"{task.value}: found {found}, the image holds {truth}"
+        for detection in result.detections:
+            assert 0.5 <= detection.score <= 1
+            if task is Task.SEGMENTATION:
+                mask = mask_utils.decode(detection.mask_rle)
+                assert mask.shape == tuple(image.shape[-2:]) and mask.any()
 
 
 def test_metrics_count_exactly_the_frames_sent_with_their_real_bpp(frame_codec, images):

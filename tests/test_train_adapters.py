@@ -1,7 +1,8 @@
-"""Adapter training (``training.adapters``, ``icmh train``): a fast CPU smoke run on Kodak crops.
+"""Adapter training (``icmh.training.adapters``, ``icmh train``): fast CPU runs on training crops.
 
-Tiny bundled codec ``mbt2018-mean-tiny`` q1 and seeded random task models (no
-pretrained weights here), crops 64, batch 2.
+Tiny bundled codec ``mbt2018-mean-tiny`` q1, crops 64, batch 2; the default task models
+(the real small models where ``../shared/models`` is present) with seeded random weights
+where a test is about the mechanics, and the real ones where it is about the features.
 """
 
 from __future__ import annotations
@@ -13,20 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-from icmh.cli import main
-from shared.adapter_checkpoint import read_adapters
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.errors import WeightsMissingError
-from shared.tasks import Task
-from training.adapters import AdapterTrainConfig, preset_lambda, read_training_checkpoint, train_adapters
-from training.distortion import build_distortion
+from icmh.cli.main import main
+from icmh.codec.adapter_checkpoint import read_adapters
+from icmh.codec.loader import CodecOptions, open_frame_codec
+from icmh.errors import WeightsMissingError
+from icmh.tasks import Task
+from icmh.training.adapters import CHECKPOINT_FORMAT, AdapterTrainConfig, preset_lambda, train_adapters
+from icmh.training.checkpoint import read_checkpoint
+from icmh.errors import InvalidInputError
 
 CODEC = "mbt2018-mean-tiny"
 
 
-def _config(kodak_dir: Path, out: Path, **kw) -> AdapterTrainConfig:
-    base = dict(task="detection", out=out, data=[kodak_dir], codec=CODEC, quality=1, steps=24, crop=64,
-                batch_size=2, lr=1e-3, random_weights=True, seed=0)
+def _config(training_dir: Path, out: Path, **kw) -> AdapterTrainConfig:
+    base = dict(task="detection", out=out, data=[training_dir], codec=CODEC, quality=1, steps=24, crop=64,
+                batch_size=2, lr=1e-3, random_task_model=True, seed=0, model="fasterrcnn_resnet50_fpn")
     base.update(kw)
     return AdapterTrainConfig(**base)
 
@@ -36,30 +38,34 @@ def _csv_steps(path: Path) -> list:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
-def test_lambda_presets():
-    assert preset_lambda("classification", 3) == 6.7
-    assert preset_lambda("detection", 4) == 5.0
-    assert preset_lambda("segmentation", 6) == 5.0  # beyond 4: nearest preset
-    assert preset_lambda("classification", 1) == 1.8
+def test_lambda_presets_are_the_papers_for_its_models():
+    assert preset_lambda("resnet50", 3) == 6.7
+    assert preset_lambda("fasterrcnn_resnet50_fpn", 4) == 5.0
+    assert preset_lambda("maskrcnn_resnet50_fpn", 6) == 5.0  # beyond 4: nearest preset
+    assert preset_lambda("resnet50", 1) == 1.8
+    with pytest.raises(InvalidInputError, match="no λ preset for task model png"):
+        preset_lambda("png", 1)
 
 
-def test_pretrained_task_model_missing_is_clear(monkeypatch, tmp_path):
+def test_pretrained_task_model_missing_is_clear(monkeypatch, tmp_path, training_dir):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsMissingError, match="random-weights"):
-        build_distortion("classification", random_weights=False)
+    monkeypatch.setenv("ICMH_OFFLINE", "1")
+    with pytest.raises(WeightsMissingError, match="resnet50-0676ba61.pth.*--random-weights"):
+        train_adapters(_config(training_dir, tmp_path / "x.safetensors", task="classification", model="resnet50",
+                               random_task_model=False), progress=False)
 
 
-def _one_patch(kodak_dir: Path, folder: Path) -> Path:
+def _one_patch(training_dir: Path, folder: Path) -> Path:
     """A folder with one real 64×64 Kodak patch: every crop is it (or its mirror), so the loss curve is smooth."""
     folder.mkdir()
-    with Image.open(sorted(kodak_dir.glob("*.png"))[0]) as image:
+    with Image.open(sorted(training_dir.glob("*.jpg"))[0]) as image:
         image.convert("RGB").crop((200, 150, 264, 214)).save(folder / "patch.png")
     return folder
 
 
-def test_train_lowers_loss_touches_only_adapters_and_checkpoint_loads(kodak_dir, tmp_path):
+def test_train_lowers_loss_touches_only_adapters_and_checkpoint_loads(training_dir, tmp_path):
     out = tmp_path / "det.safetensors"
-    data = _one_patch(kodak_dir, tmp_path / "patch")
+    data = _one_patch(training_dir, tmp_path / "patch")
     config = _config(data, out)
     history = train_adapters(config, progress=False)
     losses = [r["loss"] for r in history]
@@ -75,8 +81,9 @@ def test_train_lowers_loss_touches_only_adapters_and_checkpoint_loads(kodak_dir,
 
     meta, state = read_adapters(out)
     assert (meta.codec, meta.quality, meta.task) == (CODEC, 1, "detection")
-    assert meta.lmbda == preset_lambda("detection", 1) and meta.steps == config.steps
-    assert meta.training_data == data.name and meta.random_weights is True
+    assert meta.lmbda == preset_lambda("fasterrcnn_resnet50_fpn", 1) and meta.steps == config.steps
+    assert meta.training_data == f"{data.resolve()}/patch.png" and meta.random_weights is True
+    assert meta.task_model == "fasterrcnn_resnet50_fpn"
     assert any(v.abs().sum() > 0 for v in state.values())
     assert _csv_steps(config.csv_path) == list(range(1, config.steps + 1))
 
@@ -98,18 +105,20 @@ def test_train_lowers_loss_touches_only_adapters_and_checkpoint_loads(kodak_dir,
     assert (tmp_path / "out.png").is_file()
 
 
-def test_resume_continues_steps_and_optimizer_state(kodak_dir, tmp_path, capsys):
-    straight = _config(kodak_dir, tmp_path / "straight.safetensors", task="classification", steps=15)
+def test_resume_continues_steps_and_optimizer_state(training_dir, tmp_path, capsys):
+    straight = _config(training_dir, tmp_path / "straight.safetensors", task="classification", model="resnet50",
+                       steps=15)
     train_adapters(straight, progress=False)
 
     out = tmp_path / "resumed.safetensors"
-    args = ["train", "--task", "classification", "--codec", CODEC, "--quality", "1", "--data", str(kodak_dir),
-            "--crop", "64", "--batch-size", "2", "--lr", "1e-3", "--random-weights", "--checkpoint-every", "5",
+    args = ["train", "--task", "classification", "--codec", CODEC, "--quality", "1", "--data", str(training_dir),
+            "--crop", "64", "--batch-size", "2", "--lr", "1e-3", "--random-task-model", "--model", "resnet50",
+            "--checkpoint-every", "5",
             "--no-progress", "--out", str(out)]
     assert main(args + ["--steps", "10"]) == 0
-    step, saved, _, optim = read_training_checkpoint(out.with_name(out.name + ".ckpt.safetensors"))
-    assert step == 10 and saved["steps"] == 10
-    assert all(float(state["step"]) == 10 for state in optim.values())
+    checkpoint = read_checkpoint(out.with_name(out.name + ".ckpt.safetensors"), CHECKPOINT_FORMAT)
+    assert checkpoint.step == 10 and checkpoint.config["steps"] == 10
+    assert all(float(state["step"]) == 10 for state in checkpoint.optimizers["adam"].values())
     captured = capsys.readouterr()
     assert "RANDOM WEIGHTS" in captured.out and "RANDOM WEIGHTS" in captured.err
 

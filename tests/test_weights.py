@@ -5,9 +5,10 @@ import pickle
 import pytest
 import torch
 
-from shared.errors import InvalidInputError, WeightsMissingError
-from shared.models.registry import get_codec
-from shared.weights import codec_fingerprint, hub_checkpoints_dir, load_base_codec, zoo_file_name
+from icmh.errors import InvalidInputError, WeightsMissingError
+from icmh.models.registry import get_codec
+from icmh.codec.weights import codec_fingerprint, load_base_codec, zoo_file_name
+from icmh.hub import checkpoints_dir as hub_checkpoints_dir
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_missing_zoo_weights_name_the_file_and_the_ways_out(torch_home):
 
 
 def test_weights_file_flag_loads_safetensors_and_torch_files(tmp_path):
-    from shared.weights import save_codec_weights
+    from icmh.codec.weights import save_codec_weights
     model = _locally_made_checkpoint("bmshj2018-hyperprior", 1)
     torch.save(model.state_dict(), tmp_path / "w.pth")
     assert load_base_codec("bmshj2018-hyperprior", 1, weights=tmp_path / "w.pth").fingerprint == codec_fingerprint(model)

@@ -1,4 +1,5 @@
-"""Training: rate–distortion training of base codecs (:mod:`training.rd`), task-adapter
-training (:mod:`training.adapters`) with task feature distortions
-(:mod:`training.distortion`), and data loading (:mod:`training.data`). Uses
-:mod:`shared`; never the server or client."""
+"""Training: rate–distortion training of base codecs (:mod:`icmh.training.rd`), task-adapter
+training (:mod:`icmh.training.adapters`) against the task models' feature distortions
+(:meth:`icmh.taskmodels.TaskModel.distortion`), resumable checkpoints and step logs
+(:mod:`icmh.training.checkpoint`) and random crops of training images
+(:mod:`icmh.training.data`). Uses the method and the task models; never the server or client."""

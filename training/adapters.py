@@ -1,82 +1,97 @@
 """Adapter training: frozen base codec + frozen task model, only the task's adapters learn.
 
-Loss ``bpp + λ·D`` with ``bpp = −Σ log2 likelihoods / pixels`` (noisy likelihoods of
-the training forward, :meth:`AdaptedCodec.forward`) and ``D`` the task's feature
-distortion (:mod:`training.distortion`). Adam on the adapter parameters only.
+Loss ``bpp + λ·D`` with ``bpp = −Σ log2 likelihoods / pixels`` (noisy likelihoods of the
+training forward, :func:`icmh.models.adapted.training_forward`) and ``D`` the task model's
+feature distortion (:meth:`icmh.taskmodels.TaskModel.distortion`: the mean over its
+feature levels of the MSE between the features of ``x̂`` and ``x``, each model in its own
+input preparation; no labels). Adam on the adapter parameters only.
 
-Runs are repeatable: step ``s`` (1-based) uses the crops ``RandomCrops[(s−1)·B … s·B−1]``
-and seeds the torch RNG (quantisation noise) from ``(seed, s)``, and the learning-rate
-schedule is a pure function of the step. A resumed run therefore ends with exactly the
-tensors of an uninterrupted one.
+Runs are repeatable: step ``s`` (1-based) uses the crops ``RandomCrops.batch(s)`` and seeds
+the torch RNG (quantisation noise) from ``(seed, s)``, and the learning-rate schedule is a
+pure function of the step. A resumed run therefore ends with exactly the tensors of an
+uninterrupted one.
 
 Files next to ``out``: ``<out>.csv`` (step, loss, bpp, distortion, lr) and the resume
-checkpoint ``<out>.ckpt.safetensors`` (adapter tensors, Adam state flattened into
-tensors, metadata ``step`` and ``config``); the final adapters go to ``out`` through
-:func:`shared.adapter_checkpoint.save_adapters`. Safetensors only: nothing is pickled.
+checkpoint ``<out>.ckpt.safetensors`` (adapter tensors and Adam state, see
+:mod:`icmh.training.checkpoint`); the final adapters go to ``out`` through
+:func:`icmh.codec.adapter_checkpoint.save_adapters`, with the task model and the list of
+training images in their metadata. Safetensors only: nothing is pickled.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 from tqdm import tqdm
 
-from shared.adapter_checkpoint import AdapterMetadata, save_adapters
-from shared.codec_loader import CodecOptions, open_frame_codec
-from shared.errors import InvalidInputError
-from shared.models.adapted import AdapterConfig
-from shared.tasks import Task
+from icmh.codec.adapter_checkpoint import AdapterMetadata, save_adapters
+from icmh.codec.loader import OWN_CODEC, CodecOptions, open_frame_codec
+from icmh.data_splits import TRAINING_SETS, relative_names, training_images
+from icmh.errors import InvalidInputError
+from icmh.models.adapted import AdapterConfig
+from icmh.seeding import seeded
+from icmh.taskmodels import ModelOptions, default_model_name, load_task_model
+from icmh.tasks import Task
+from icmh.training.checkpoint import StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.data import RandomCrops
+from icmh.training.rd import AMP_DTYPES
 
-from .data import RandomCrops
-from .distortion import build_distortion
-
-CHECKPOINT_FORMAT = "icmh-adapter-training/1"
+CHECKPOINT_FORMAT = "icmh-adapter-training/2"
+CSV_FIELDS = ("step", "loss", "bpp", "distortion", "lr")
+RESUME_KEYS = ("task", "model", "codec", "quality", "variant", "mid_dim", "init", "batch_size", "crop", "seed", "lmbda")
 SCHEDULES = ("constant", "multistep")
 MULTISTEP_MILESTONES = (0.6, 0.9)  # fractions of the total steps; lr × 0.1 at each
+
+# λ per task model and quality. The paper's models keep the paper's values (METHOD.md); the real
+# small models' feature scales differ, so theirs were re-calibrated (README, "Adapters").
 LAMBDA_PRESETS: Dict[str, Dict[int, float]] = {
-    "classification": {1: 1.8, 2: 3.5, 3: 6.7, 4: 13.0},
-    "detection": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
-    "segmentation": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
+    "resnet50": {1: 1.8, 2: 3.5, 3: 6.7, 4: 13.0},
+    "fasterrcnn_resnet50_fpn": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
+    "maskrcnn_resnet50_fpn": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
+    "faster_rcnn_R_50_FPN_3x": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
+    "mask_rcnn_R_50_FPN_3x": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
 }
 
 
-def preset_lambda(task: str, quality: int) -> float:
-    """The paper's λ for ``task`` at ``quality`` (nearest preset quality outside 1–4)."""
-    presets = LAMBDA_PRESETS[Task.parse(task).value]
-    nearest = min(presets, key=lambda q: (abs(q - quality), q))
-    return presets[nearest]
+def preset_lambda(model: str, quality: int) -> float:
+    """The λ preset of task model ``model`` at ``quality`` (the nearest preset quality outside the table).
+
+    Raises :class:`InvalidInputError` when the model has no preset (pass ``--lmbda``)."""
+    if model not in LAMBDA_PRESETS:
+        raise InvalidInputError(f"no λ preset for task model {model}; pass --lmbda "
+                                f"(presets: {', '.join(sorted(LAMBDA_PRESETS))})")
+    presets = LAMBDA_PRESETS[model]
+    return presets[min(presets, key=lambda q: (abs(q - quality), q))]
 
 
 @dataclass
 class AdapterTrainConfig:
-    """Settings of one adapter training run."""
+    """Settings of one adapter training run (``icmh train --help`` explains each)."""
 
     task: str
     out: Path
-    data: List[Path] = field(default_factory=list)
-    codec: str = "mbt2018-mean"
+    data: List[str] = field(default_factory=lambda: list(TRAINING_SETS))
+    model: Optional[str] = None  # task model name; None: the task's default
+    models_dir: Optional[Path] = None
+    codec: str = OWN_CODEC
     quality: int = 3
     steps: int = 1000
     crop: int = 256
     batch_size: int = 8
     lr: float = 1e-4
-    lmbda: Optional[float] = None  # None: the preset of task and quality
+    lmbda: Optional[float] = None  # None: the preset of the task model and quality
     schedule: str = "constant"
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"
     checkpoint_every: int = 0  # 0: only at the end
     resume: bool = False
-    random_weights: bool = False  # seeded random task model (smoke runs)
+    random_task_model: bool = False  # seeded random task model (smoke runs)
     codec_weights: Optional[Path] = None
     random_codec: bool = False  # seeded random base codec (smoke runs)
     variant: str = "sfma"
@@ -84,29 +99,35 @@ class AdapterTrainConfig:
     init: str = "zero"
 
     def __post_init__(self) -> None:
-        self.task = Task.parse(self.task).value
-        if not Task(self.task).uses_adapters:
+        task = Task.parse(self.task)
+        self.task = task.value
+        if not task.uses_adapters:
             raise InvalidInputError("task 'human' has no adapters to train")
         if self.schedule not in SCHEDULES:
             raise InvalidInputError(f"unknown schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
+        if self.amp not in AMP_DTYPES:
+            raise InvalidInputError(f"unknown --amp {self.amp!r} (valid: {', '.join(AMP_DTYPES)})")
         if self.steps < 1 or self.batch_size < 1 or self.crop < 64 or self.crop % 64:
             raise InvalidInputError("steps and batch size must be >= 1 and the crop a multiple of 64")
         self.out = Path(self.out)
-        self.data = [Path(p) for p in self.data]
+        self.data = [str(p) for p in self.data]
+        self.model = self.model or default_model_name(task, self.models_dir)
         if self.lmbda is None:
-            self.lmbda = preset_lambda(self.task, self.quality)
+            self.lmbda = preset_lambda(self.model, self.quality)
 
     @property
     def csv_path(self) -> Path:
+        """The per-step log beside ``out``."""
         return self.out.with_name(self.out.name + ".csv")
 
     @property
     def checkpoint_path(self) -> Path:
+        """The resume checkpoint beside ``out``."""
         return self.out.with_name(self.out.name + ".ckpt.safetensors")
 
-    def to_json(self) -> str:
-        return json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
-                          | {"data": [str(p) for p in self.data]}, sort_keys=True)
+    def settings(self) -> Dict[str, object]:
+        """The settings as plain JSON values."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 def learning_rate(config: AdapterTrainConfig, step: int) -> float:
@@ -125,124 +146,67 @@ class TrainHistory(list):
     optimizer = None
     metadata: Optional[AdapterMetadata] = None
     start_step: int = 0
-
-
-# -- resume checkpoints -------------------------------------------------------------------------
-def save_training_checkpoint(path: Path, adapter_set, optimizer: torch.optim.Optimizer, step: int,
-                             config: AdapterTrainConfig) -> None:
-    """Adapter tensors + flattened Adam state (``optim.<i>.<key>``) as safetensors."""
-    tensors = {f"adapter.{k}": v.detach().cpu().contiguous() for k, v in adapter_set.state_dict().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            value = value if isinstance(value, Tensor) else torch.tensor(float(value))
-            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT, "step": str(step),
-                                           "config": config.to_json()})
-    tmp.replace(path)
-
-
-def read_training_checkpoint(path: Path):
-    """``(step, config dict, adapter state, optimizer state {index: {key: tensor}})``."""
-    if not path.is_file():
-        raise InvalidInputError(f"cannot resume: no training checkpoint {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InvalidInputError(f"{path} is not an icmh adapter training checkpoint")
-    adapters = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
-    optim: Dict[int, Dict[str, Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            optim.setdefault(int(index), {})[name] = value
-    return int(meta["step"]), json.loads(meta["config"]), adapters, optim
-
-
-def _check_resumable(saved: dict, config: AdapterTrainConfig) -> None:
-    same = ("task", "codec", "quality", "variant", "mid_dim", "init", "batch_size", "crop", "seed")
-    for key in same:
-        if saved.get(key) != getattr(config, key):
-            raise InvalidInputError(f"cannot resume: checkpoint has {key}={saved.get(key)!r}, "
-                                    f"this run {getattr(config, key)!r}")
-
-
-# -- training -----------------------------------------------------------------------------------
-def _batch(dataset: RandomCrops, step: int, batch_size: int) -> Tensor:
-    start = (step - 1) * batch_size
-    return torch.stack([dataset[start + i] for i in range(batch_size)])
-
-
-def _write_csv(path: Path, rows: Sequence[Dict[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "loss", "bpp", "distortion", "lr"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _read_csv(path: Path, upto: int) -> List[Dict[str, float]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = [{"step": int(r["step"]), **{k: float(r[k]) for k in ("loss", "bpp", "distortion", "lr")}}
-                for r in csv.DictReader(handle)]
-    return [r for r in rows if r["step"] <= upto]
+    task_model_label: str = ""
 
 
 def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHistory:
-    """Train the adapters of ``config.task``; writes ``config.out`` and returns the history."""
+    """Train the adapters of ``config.task``; writes ``config.out`` and returns the history.
+
+    Raises :class:`InvalidInputError` (bad data, evaluation images, a checkpoint of other
+    settings, a diverging loss) or :class:`~icmh.errors.WeightsMissingError`.
+    """
     task = Task(config.task)
+    files = training_images(config.data)
     frame_codec = open_frame_codec(CodecOptions(
         codec=config.codec, quality=config.quality, codec_weights=config.codec_weights,
-        random_weights=config.random_codec, seed=config.seed, device=config.device,
+        random_codec=config.random_codec, seed=config.seed, device=config.device,
     ))
     codec = frame_codec.codec
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        adapter_set = codec.add_adapters(task, AdapterConfig(config.variant, config.mid_dim, config.init))
+    adapter_set = seeded(config.seed, lambda: codec.add_adapters(
+        task, AdapterConfig(config.variant, config.mid_dim, config.init)))
     codec.set_task(task)
     codec.train()
-    distortion = build_distortion(task, config.random_weights, config.device, seed=config.seed)
-    dataset = RandomCrops(config.data, crop=config.crop, seed=config.seed, length=config.steps * config.batch_size)
-    params = list(adapter_set.parameters())
-    optimizer = torch.optim.Adam(params, lr=config.lr)
+    model = load_task_model(task, config.model, ModelOptions(
+        device=config.device, random_weights=config.random_task_model, seed=config.seed, models_dir=config.models_dir))
+    dataset = RandomCrops(files, crop=config.crop, seed=config.seed, length=config.steps * config.batch_size)
+    optimizer = torch.optim.Adam(list(adapter_set.parameters()), lr=config.lr)
+    amp = AMP_DTYPES[config.amp]
 
     history = TrainHistory()
     history.step_seconds = []
+    history.task_model_label = f"{model.name} ({model.weights_label})"
     start = 0
     if config.resume:
-        start, saved, adapter_state, optim_state = read_training_checkpoint(config.checkpoint_path)
-        _check_resumable(saved, config)
-        adapter_set.load_state_dict(adapter_state, strict=True)
-        groups = optimizer.state_dict()["param_groups"]
-        optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
-        history.extend(_read_csv(config.csv_path, start))
+        checkpoint = read_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT)
+        check_same_settings(checkpoint.config, config.settings(), RESUME_KEYS)
+        adapter_set.load_state_dict(checkpoint.groups["adapter"], strict=True)
+        checkpoint.restore_optimizer("adam", optimizer)
+        start = checkpoint.step
+    log = StepLog(config.csv_path, CSV_FIELDS)
+    history.extend(log.restart(start))
     history.start_step = start
-    _write_csv(config.csv_path, history)
 
-    label = f"train {task.value} adapters {config.codec} q{config.quality}"
-    if config.random_weights:
-        label += f" [{distortion.label}]"
-    bar = tqdm(range(start + 1, config.steps + 1), desc=label, disable=not progress,
-               initial=start, total=config.steps)
+    def save(step: int) -> None:
+        save_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT, step, config.settings(),
+                        {"adapter": adapter_set.state_dict()}, {"adam": optimizer})
+
+    label = f"train {task.value} adapters {config.codec} q{config.quality} [{model.name}]"
+    bar = tqdm(range(start + 1, config.steps + 1), desc=label, disable=not progress, initial=start, total=config.steps)
     device = torch.device(config.device)
-    with config.csv_path.open("a", newline="") as log:
-        writer = csv.DictWriter(log, fieldnames=["step", "loss", "bpp", "distortion", "lr"])
+    try:
         for step in bar:
             began = time.perf_counter()
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x = _batch(dataset, step, config.batch_size).to(device)
+            x = dataset.batch(step, config.batch_size).to(device)
             torch.manual_seed(config.seed * 1_000_003 + step)
             optimizer.zero_grad(set_to_none=True)
-            out = codec(x)
+            out = codec(x, amp)
             pixels = x.shape[0] * x.shape[2] * x.shape[3]
             bpp = sum(-torch.log2(l).sum() for l in out["likelihoods"].values()) / pixels
-            dist = distortion(x, out["x_hat"])
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                dist = model.distortion(x, out["x_hat"]).float()
             loss = bpp + config.lmbda * dist
             if not math.isfinite(loss.item()):
                 raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
@@ -251,18 +215,19 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
             history.step_seconds.append(time.perf_counter() - began)
             record = {"step": step, "loss": loss.item(), "bpp": bpp.item(), "distortion": dist.item(), "lr": lr}
             history.append(record)
-            writer.writerow(record)
-            log.flush()
+            log.append(record)
             bar.set_postfix(loss=f"{record['loss']:.4f}", bpp=f"{record['bpp']:.4f}",
                             distortion=f"{record['distortion']:.4f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save_training_checkpoint(config.checkpoint_path, adapter_set, optimizer, step, config)
+                save(step)
+    finally:
+        log.close()
     codec.eval()
-    save_training_checkpoint(config.checkpoint_path, adapter_set, optimizer, config.steps, config)
+    save(config.steps)
     history.metadata = save_adapters(
         config.out, codec, task, frame_codec.loaded.fingerprint, lmbda=config.lmbda,
-        training_data=",".join(p.name for p in config.data), steps=config.steps,
-        random_weights=config.random_weights or config.random_codec,
+        training_data="\n".join(relative_names(files)), steps=config.steps,
+        random_weights=config.random_task_model or config.random_codec, task_model=model.name,
     )
     history.codec, history.optimizer = codec, optimizer
     return history

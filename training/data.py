@@ -1,10 +1,10 @@
-"""Random crops from folders of real images (Kodak, COCO, ImageNet style folders)."""
+"""Random crops of training images (file lists from :func:`icmh.data_splits.training_images`)."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -12,34 +12,21 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-from shared.errors import InvalidInputError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-def find_images(roots: Sequence[Path]) -> List[Path]:
-    """All image files below ``roots`` (recursively), sorted; raises if there are none."""
-    files: List[Path] = []
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            raise InvalidInputError(f"image folder {root} does not exist")
-        candidates = [root] if root.is_file() else root.rglob("*")
-        files.extend(p for p in candidates if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InvalidInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, roots))}")
-    return sorted(files)
+from icmh.errors import InvalidInputError
 
 
 class RandomCrops(Dataset):
-    """Random ``crop``² RGB crops (with random horizontal flips) of the images below ``roots``.
+    """Random ``crop``² RGB crops (with random horizontal flips) of ``files``.
 
     Images smaller than the crop are first resized so that their short side equals it.
-    Randomness comes from a generator seeded per item, so a run is repeatable.
+    Item ``i`` comes from a generator seeded with ``(seed, i)``, so a run is repeatable
+    and item ``i`` is the same whatever was read before it.
     """
 
-    def __init__(self, roots: Sequence[Path], crop: int = 256, seed: int = 0, length: int = 0) -> None:
-        self.files = find_images(roots)
+    def __init__(self, files: Sequence[Path], crop: int = 256, seed: int = 0, length: int = 0) -> None:
+        if not files:
+            raise InvalidInputError("no training images")
+        self.files = [Path(p) for p in files]
         self.crop = crop
         self.seed = seed
         self.length = length or len(self.files)
@@ -60,3 +47,8 @@ class RandomCrops(Dataset):
             patch = image.crop((left, top, left + self.crop, top + self.crop))
         tensor = TF.to_tensor(patch)
         return torch.flip(tensor, dims=[-1]) if rng.random() < 0.5 else tensor
+
+    def batch(self, step: int, batch_size: int) -> Tensor:
+        """The crops of (1-based) ``step``: items ``(step−1)·B … step·B−1``, stacked."""
+        start = (step - 1) * batch_size
+        return torch.stack([self[start + i] for i in range(batch_size)])

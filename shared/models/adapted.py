@@ -11,7 +11,7 @@ Verbs, as in CompressAI:
 * ``forward(x)`` — training forward: noisy likelihoods, straight-through rounding of
   ``y − means`` (plus means) for the decoder input; returns ``x_hat`` and likelihoods.
 * ``compress(x)`` / ``decompress(strings, shape)`` — real bitstreams through the
-  deterministic :mod:`~shared.models.latent_coding`.
+  deterministic :mod:`~icmh.models.latent_coding`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
-from ..errors import AdapterMismatchError
-from ..hashing import tensors_digest
-from ..tasks import Task
-from .adapters import build_adapter
-from .latent_coding import AUTOREGRESSIVE, SCALE_HYPERPRIOR, build_latent_coder
-from .registry import CodecSpec
+from icmh.errors import AdapterMismatchError
+from icmh.hashing import tensors_digest
+from icmh.tasks import Task
+from icmh.models.adapters import build_adapter
+from icmh.models.latent_coding import AUTOREGRESSIVE, SCALE_HYPERPRIOR, build_latent_coder
+from icmh.models.registry import CodecSpec
 
 
 @dataclass(frozen=True)
@@ -163,33 +163,11 @@ class AdaptedCodec(nn.Module):
 
     # -- CompressAI verbs -------------------------------------------------------------------
     def _hyper_analysis(self, y: Tensor) -> Tensor:
-        return self.base.h_a(torch.abs(y) if self.spec.latent_coder == SCALE_HYPERPRIOR else y)
+        return hyper_analysis(self.base, self.spec.latent_coder, y)
 
-    def forward(self, x: Tensor) -> Dict[str, object]:
-        """Training forward with the current task's adapters.
-
-        Returns ``{"x_hat", "likelihoods": {"y", "z"}}``: likelihoods from additive noise,
-        ``x_hat`` from the straight-through rounded latent the decoder will really see.
-        """
-        base = self.base
-        y = base.g_a(x)
-        z = self._hyper_analysis(y)
-        _, z_likelihoods = base.entropy_bottleneck(z, training=True)
-        medians = base.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
-        z_hat = quantize_ste(z - medians) + medians
-        params = base.h_s(z_hat)
-        if self.spec.latent_coder == AUTOREGRESSIVE:
-            masked = base.context_prediction  # its forward masks its weight in place: stay functional
-            context = F.conv2d(quantize_ste(y), masked.weight * masked.mask, masked.bias, padding=masked.padding)
-            params = base.entropy_parameters(torch.cat((params, context), dim=1))
-        if self.spec.latent_coder == SCALE_HYPERPRIOR:
-            scales, means = params, torch.zeros_like(params)
-        else:
-            scales, means = params.chunk(2, 1)
-        _, y_likelihoods = base.gaussian_conditional(y, scales, means=means, training=True)
-        y_hat = quantize_ste(y - means) + means
-        x_hat = base.g_s(y_hat)
-        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}
+    def forward(self, x: Tensor, amp: Optional[torch.dtype] = None) -> Dict[str, object]:
+        """Training forward with the current task's adapters; see :func:`training_forward`."""
+        return training_forward(self.base, self.spec.latent_coder, x, amp)
 
     @torch.no_grad()
     def compress(self, x: Tensor) -> Dict[str, object]:
@@ -217,7 +195,7 @@ class AdaptedCodec(nn.Module):
     ) -> Dict[str, Tensor]:
         """Decode ``strings`` (``[y_strings, z_strings]``) with the current task.
 
-        Returns ``{"x_hat", "y_hat"}``; raises :class:`~shared.errors.IndexMismatchError`
+        Returns ``{"x_hat", "y_hat"}``; raises :class:`~icmh.errors.IndexMismatchError`
         if ``index_checks`` are given and do not match.
         """
         y_strings, z_strings = strings
@@ -225,3 +203,39 @@ class AdaptedCodec(nn.Module):
         device = next(self.base.parameters()).device
         x_hat = self.base.g_s(y_hat.to(device)).clamp_(0, 1)
         return {"x_hat": x_hat, "y_hat": y_hat}
+
+
+def hyper_analysis(base: nn.Module, latent_coder: str, y: Tensor) -> Tensor:
+    """``h_a(y)`` (``h_a(|y|)`` for the scale-only hyperprior)."""
+    return base.h_a(torch.abs(y) if latent_coder == SCALE_HYPERPRIOR else y)
+
+
+def training_forward(base: nn.Module, latent_coder: str, x: Tensor, amp: Optional[torch.dtype] = None) -> Dict[str, object]:
+    """Training forward of a CompressAI hyperprior codec (mixed quantisation).
+
+    Likelihoods come from additive uniform noise; the decoder sees the straight-through
+    rounded latent ``round(y − means) + means`` it will really get. With ``amp`` (e.g.
+    ``torch.bfloat16``) the analysis and synthesis transforms run under autocast while the
+    entropy models stay in float32. Returns ``{"x_hat", "likelihoods": {"y", "z"}}``.
+    """
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        y = base.g_a(x)
+    y = y.float()
+    z = hyper_analysis(base, latent_coder, y)
+    _, z_likelihoods = base.entropy_bottleneck(z, training=True)
+    medians = base.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+    z_hat = quantize_ste(z - medians) + medians
+    params = base.h_s(z_hat)
+    if latent_coder == AUTOREGRESSIVE:
+        masked = base.context_prediction  # its forward masks its weight in place: stay functional
+        context = F.conv2d(quantize_ste(y), masked.weight * masked.mask, masked.bias, padding=masked.padding)
+        params = base.entropy_parameters(torch.cat((params, context), dim=1))
+    if latent_coder == SCALE_HYPERPRIOR:
+        scales, means = params, torch.zeros_like(params)
+    else:
+        scales, means = params.chunk(2, 1)
+    _, y_likelihoods = base.gaussian_conditional(y, scales, means=means, training=True)
+    y_hat = quantize_ste(y - means) + means
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+        x_hat = base.g_s(y_hat)
+    return {"x_hat": x_hat.float(), "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}}

@@ -17,8 +17,8 @@ import torch
 from compressai.layers import GDN
 from torch import nn
 
-from ..tasks import Task
-from .adapted import AdaptedCodec
+from icmh.tasks import Task
+from icmh.models.adapted import AdaptedCodec
 
 GROUPS = {
     "base.g_a": "encoder", "base.h_a": "hyper", "base.h_s": "hyper",

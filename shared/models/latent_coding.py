@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor, nn
 
-from ..errors import IndexMismatchError
-from .registry import AUTOREGRESSIVE, MEAN_SCALE_HYPERPRIOR, SCALE_HYPERPRIOR
+from icmh.errors import IndexMismatchError
+from icmh.models.registry import AUTOREGRESSIVE, MEAN_SCALE_HYPERPRIOR, SCALE_HYPERPRIOR
 
 EXACT = torch.float64
 CONTEXT_KERNEL = 5

@@ -15,9 +15,9 @@ from compressai.models import Cheng2020Anchor, MeanScaleHyperprior, ScaleHyperpr
 from compressai.zoo.image import cfgs as ZOO_CONFIGS
 from torch import nn
 
-from ..errors import InvalidInputError
+from icmh.errors import InvalidInputError
 
-# latent coder kinds (see shared.models.latent_coding)
+# latent coder kinds (see icmh.models.latent_coding)
 SCALE_HYPERPRIOR = "scale-hyperprior"
 MEAN_SCALE_HYPERPRIOR = "mean-scale-hyperprior"
 AUTOREGRESSIVE = "autoregressive"
@@ -147,5 +147,25 @@ register_codec(CodecSpec(
     description=(
         "small mean-scale hyperprior (N=64, M=96) trained briefly by this project at four λ on "
         "Kodak + COCO-mini; ships with the package, for tests, demos and benchmarks"
+    ),
+))
+
+# The project's own default codec where the CompressAI zoo weights are absent: the mbt2018-mean
+# structure at N=96, M=128 (3.5 M parameters, 7 MB as float16), trained by ``icmh train-codec``
+# on training images only (see shared/weights/README.md for each quality's recipe).
+SMALL_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483}  # CompressAI's MSE table
+
+register_codec(CodecSpec(
+    name="mbt2018-mean-small",
+    wire_id=101,
+    builder=MeanScaleHyperprior,
+    configs={quality: (96, 128) for quality in SMALL_LAMBDAS},
+    latent_coder=MEAN_SCALE_HYPERPRIOR,
+    encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
+    decoder_taps=_HYPERPRIOR_DECODER_TAPS,
+    bundled_weights={quality: f"mbt2018-mean-small-{quality}.safetensors" for quality in SMALL_LAMBDAS},
+    description=(
+        "mean-scale hyperprior (N=96, M=128) trained by this project on training images only "
+        "(BSDS500, COCO-mini train and un-annotated val); the default where zoo weights are absent"
     ),
 ))

@@ -1,0 +1,5 @@
+"""``python -m icmh.cli``: the ``icmh`` command."""
+
+from icmh.cli.main import main
+
+raise SystemExit(main())

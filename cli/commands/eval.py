@@ -1,0 +1,115 @@
+"""``icmh eval``: rate–accuracy curves of the base codec, the adapted codec, JPEG and WebP."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import List
+
+from icmh.cli.common import (add_task_model_options, add_weight_options, model_choices, positive_int, random_parts,
+                             warn_random_weights)
+from icmh.codec.loader import check_device, default_codec
+from icmh.models.registry import CODECS
+from icmh.tasks import Task
+
+from icmh.evaluation.bjontegaard import DEFAULT_METHOD as BD_DEFAULT, METHODS as BD_METHODS
+from icmh.evaluation.report import RANDOM_BANNER, bd_table, format_bd_table, format_points, plot_curves, write_points
+from icmh.evaluation.runner import METHODS, REFERENCES, EvalConfig, run_evaluation
+
+
+def int_list(text: str) -> List[int]:
+    """argparse type: comma-separated integers, e.g. ``1,2,3,4``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return values
+
+
+def name_list(text: str) -> List[str]:
+    """argparse type: comma-separated method names."""
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [v for v in values if v not in METHODS]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(f"methods must be among {', '.join(METHODS)}; got {text!r}")
+    return values
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` parser."""
+    defaults = EvalConfig(task="detection", data=Path("."))
+    parser = subparsers.add_parser(
+        "eval", help="rate–accuracy curves: base codec, adapted codec, JPEG, WebP; BD table and plot",
+        description="Code every image of DATA with each method at each quality, run the task model on the "
+                    "reconstruction and score it: COCO AP/AP50 (boxes; masks for segmentation) with pycocotools, "
+                    "top-1/top-5 from labels.csv, or PSNR/MS-SSIM for human. Each task model's own input "
+                    "geometry is coded (METHOD.md): YOLOX at long side 416, YOLOv5 at 640, SqueezeNet 227, "
+                    "MobileNetV2 its 224 centre crop, the R-CNNs short side 800 (max 1333), ResNet-50 its "
+                    "resize-256 centre-crop-224; results are mapped back to the original image. Rate is the real "
+                    "coded size in bits per pixel. Writes OUT/eval-TASK.csv, .json and .png and prints the points and the "
+                    "BD-rate / BD-metric table against the base codec.",
+    )
+    parser.add_argument("--task", required=True, choices=[t.value for t in Task])
+    parser.add_argument("--data", type=Path, required=True,
+                        help="image folder: COCO-style (annotations/instances_*.json + val2017/), ImageNet-style "
+                             "(labels.csv) or plain images")
+    parser.add_argument("--annotations", type=Path, help="COCO instances json (default: found under DATA)")
+    parser.add_argument("--labels", type=Path, help="classification labels CSV (default: DATA/labels.csv)")
+    parser.add_argument("--images", type=positive_int, help="evaluate only the first N images (default: all)")
+    parser.add_argument("--reference", default=defaults.reference, choices=REFERENCES,
+                        help="ground truth: the set's labels, or the task model's predictions on the uncompressed "
+                             "images (fidelity); auto = labels where the set has them (default: auto)")
+    add_task_model_options(parser)
+    parser.add_argument("--codec", default=default_codec(), choices=sorted(CODECS),
+                        help="base codec (default here: %(default)s)")
+    parser.add_argument("--qualities", type=int_list, default=list(defaults.qualities),
+                        help="codec qualities, comma-separated (default: 1,2,3,4)")
+    parser.add_argument("--methods", type=name_list, default=list(defaults.methods),
+                        help=f"methods, comma-separated among {','.join(METHODS)} (default: all)")
+    parser.add_argument("--jpeg-qualities", type=int_list, default=list(defaults.jpeg_qualities),
+                        help="Pillow JPEG qualities (default: 5,10,20,40)")
+    parser.add_argument("--webp-qualities", type=int_list, default=list(defaults.webp_qualities),
+                        help="Pillow WebP qualities (default: 5,10,20,40)")
+    parser.add_argument("--short-side", type=positive_int, default=None,
+                        help="R-CNN detectors: resize the short side to this (default: the paper's 800)")
+    parser.add_argument("--max-side", type=positive_int, default=None,
+                        help="R-CNN detectors: longest side at most this (default: the paper's 1333)")
+    parser.add_argument("--max-proposals", type=positive_int,
+                        help="detector proposals kept after the RPN (default: the model's 1000; fewer is faster)")
+    parser.add_argument("--bd-method", default=BD_DEFAULT, choices=BD_METHODS,
+                        help="BD interpolation for curves of 4+ points (fewer always use pchip; default: cubic)")
+    add_weight_options(parser, task_models=True)
+    parser.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder (default: out/eval)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, write the CSV/JSON/PNG and print the tables; returns 0."""
+    check_device(args.device)
+    task = Task.parse(args.task)
+    parts = random_parts(args)
+    config = EvalConfig(
+        task=args.task, data=args.data, model=model_choices(args.model, [task]).get(task), models_dir=args.models_dir,
+        codec=args.codec, qualities=args.qualities,
+        methods=args.methods, jpeg_qualities=args.jpeg_qualities, webp_qualities=args.webp_qualities,
+        adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
+        images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
+        max_proposals=args.max_proposals, device=args.device, random_task_model="task models" in parts,
+        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed,
+    )
+    warn_random_weights(f"icmh eval {args.task}", args)
+    result = run_evaluation(config, progress=not args.no_progress)
+    stem = f"eval-{result.task}"
+    table = bd_table(result, args.bd_method)
+    files = write_points(result, table, args.out, stem)
+    files["png"] = plot_curves(result, args.out / f"{stem}.png")
+    banner = f"!!! {RANDOM_BANNER} !!!" if result.random_weights else ""
+    lines = [banner, f"task {result.task}; codec {result.codec_label}", f"task model {result.task_model}",
+             f"scored against {result.reference}", *(f"note: {note}" for note in result.notes),
+             format_points(result), "", f"BD against the base codec ({result.primary_metric} first):",
+             format_bd_table(table), banner, "wrote " + ", ".join(str(path) for path in files.values())]
+    print("\n".join(line for line in lines if line is not banner or banner))
+    return 0

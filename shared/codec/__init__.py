@@ -1,0 +1,1 @@
+"""The codec around the models: bitstream container, frame coding, weights, adapter files."""

@@ -1,0 +1,185 @@
+"""Images ↔ frames: the adapted codec, its weights and the bitstream container together.
+
+:class:`FrameCodec` is what the CLI, the edge client and the cloud server use. It pads
+images to multiples of 64, encodes them with the adapters of a task, and packs each
+into one self-describing frame (:mod:`icmh.codec.bitstream`). Decoding parses and validates
+the frame, checks that it was made with this codec, quality, base weights and adapter
+set, decodes it exactly and crops back to the original size.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from icmh.codec.adapter_checkpoint import AdapterMetadata, load_adapters
+from icmh.codec.bitstream import DEFAULT_LIMITS, Frame, FrameHeader, Limits, bits_per_pixel, pack_frame, parse_frame
+from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
+from icmh.images import pad_to_block
+from icmh.models.adapted import AdaptedCodec, AdapterConfig
+from icmh.tasks import Task
+from icmh.codec.weights import LoadedCodec
+from icmh.seeding import seeded
+
+N_STRINGS = 2  # y, z
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One encoded image: the frame bytes and what the encoder knows about them."""
+
+    data: bytes
+    height: int
+    width: int
+    task: Task
+    y_hat: Tensor  # the quantised latent the decoder will reconstruct (for checks)
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the whole frame (header and CRC included)."""
+        return bits_per_pixel(len(self.data), self.height, self.width)
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """One decoded image (3×H×W float in [0, 1], on the codec's device) and its header."""
+
+    image: Tensor
+    header: FrameHeader
+    task: Task
+    size_bytes: int
+    y_hat: Tensor
+
+    @property
+    def bpp(self) -> float:
+        """Bits per pixel of the frame this image came from."""
+        return bits_per_pixel(self.size_bytes, self.header.height, self.header.width)
+
+
+ImageBatch = Union[Tensor, Sequence[Tensor]]
+
+
+class FrameCodec:
+    """Encode images to frames and decode frames to images for one base codec + adapters."""
+
+    def __init__(self, loaded: LoadedCodec, device: str = "cpu", limits: Limits = DEFAULT_LIMITS) -> None:
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.limits = limits
+        self.codec = AdaptedCodec(loaded.model, loaded.spec, loaded.quality).to(self.device)
+        self.adapter_metadata: Dict[Task, AdapterMetadata] = {}
+
+    # -- adapters ---------------------------------------------------------------------------
+    def load_adapters(self, path: Path, task: Optional[Task] = None) -> AdapterMetadata:
+        """Load an adapter checkpoint (for ``task``, or the task it names); returns its metadata."""
+        meta = load_adapters(self.codec, path, self.loaded.fingerprint, task)
+        self.adapter_metadata[Task.parse(meta.task)] = meta
+        return meta
+
+    def add_random_adapters(self, task: Task, seed: int = 0, config: Optional[AdapterConfig] = None) -> None:
+        """Give ``task`` seeded, randomly initialised adapters (for smoke runs, labelled random)."""
+        seeded(seed + task.wire_id, lambda: self.codec.add_adapters(task, config or AdapterConfig(init="authors")))
+
+    @property
+    def tasks(self) -> List[Task]:
+        """Tasks this codec can serve: ``human`` plus every task with adapters."""
+        return [Task.HUMAN] + [Task(name) for name in self.codec.adapters]
+
+    # -- encode -----------------------------------------------------------------------------
+    def encode(self, images: ImageBatch, task: Task) -> List[EncodedFrame]:
+        """Encode 3×H×W images (any sizes; same-size images are batched) into frames."""
+        images = list(images)
+        for image in images:
+            if image.dim() != 3 or image.shape[0] != 3:
+                raise InvalidInputError(f"expected a 3×H×W RGB image, got shape {tuple(image.shape)}")
+            self._check_size(*image.shape[-2:])
+        out: List[Optional[EncodedFrame]] = [None] * len(images)
+        groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
+        for i, image in enumerate(images):
+            groups[tuple(image.shape[-2:])].append(i)
+        adapter_hash = self.codec.adapter_hash(task)
+        with self.codec.use(task):
+            for (height, width), members in groups.items():
+                batch = torch.stack([images[i] for i in members]).to(self.device, torch.float32)
+                coded = self.codec.compress(pad_to_block(batch))
+                y_strings, z_strings = coded["strings"]
+                for k, i in enumerate(members):
+                    header = FrameHeader(
+                        codec_id=self.loaded.spec.wire_id, quality=self.loaded.quality, task_id=task.wire_id,
+                        height=height, width=width, adapter_hash=adapter_hash,
+                        base_hash=self.loaded.fingerprint, index_check=coded["index_checks"][k],
+                    )
+                    data = pack_frame(header, [y_strings[k], z_strings[k]], self.limits)
+                    out[i] = EncodedFrame(data, height, width, task, coded["y_hat"][k])
+        return out  # type: ignore[return-value]
+
+    def _check_size(self, height: int, width: int) -> None:
+        limits = self.limits
+        if not (1 <= height <= limits.max_height and 1 <= width <= limits.max_width
+                and height * width <= limits.max_pixels):
+            raise InvalidInputError(
+                f"image size {width}×{height} is outside the limits (max {limits.max_width}×"
+                f"{limits.max_height}, {limits.max_pixels} pixels)"
+            )
+
+    # -- decode -----------------------------------------------------------------------------
+    def parse(self, data: bytes) -> Tuple[Frame, Task]:
+        """Parse ``data`` and check it fits this codec; returns the frame and its task.
+
+        Raises :class:`BitstreamError` (malformed), :class:`CodecMismatchError` (other
+        codec, quality or base weights) or :class:`AdapterMismatchError` (task without
+        adapters here, or other adapter weights).
+        """
+        frame = parse_frame(data, self.limits)
+        header = frame.header
+        spec = self.loaded.spec
+        if len(frame.strings) != N_STRINGS:
+            raise BitstreamError(f"frame has {len(frame.strings)} strings, {spec.name} frames have {N_STRINGS}")
+        if header.codec_id != spec.wire_id or header.quality != self.loaded.quality:
+            raise CodecMismatchError(
+                f"frame was encoded with codec id {header.codec_id} quality {header.quality}; this decoder "
+                f"holds {spec.name} (id {spec.wire_id}) quality {self.loaded.quality}"
+            )
+        if header.base_hash != self.loaded.fingerprint:
+            raise CodecMismatchError(
+                f"frame was encoded with other {spec.name} weights (fingerprint {header.base_hash.hex()}, "
+                f"this decoder has {self.loaded.fingerprint.hex()}: {self.loaded.source})"
+            )
+        try:
+            task = Task.from_wire_id(header.task_id)
+        except InvalidInputError as exc:
+            raise BitstreamError(str(exc)) from None
+        expected = self.codec.adapter_hash(task)
+        if header.adapter_hash != expected:
+            raise AdapterMismatchError(
+                f"frame was encoded with {task.value} adapters {header.adapter_hash.hex()}, "
+                f"this decoder has {expected.hex()}"
+            )
+        return frame, task
+
+    def decode(self, frames: Sequence[bytes]) -> List[DecodedFrame]:
+        """Decode frames (same task and size are batched); results keep the input order."""
+        return self.decode_parsed([self.parse(data) for data in frames])
+
+    def decode_parsed(self, parsed: Sequence[Tuple[Frame, Task]]) -> List[DecodedFrame]:
+        """Decode frames already checked by :meth:`parse`; results keep the input order."""
+        out: List[Optional[DecodedFrame]] = [None] * len(parsed)
+        groups: Dict[Tuple[Task, int, int], List[int]] = defaultdict(list)
+        for i, (frame, task) in enumerate(parsed):
+            groups[(task, frame.header.height, frame.header.width)].append(i)
+        for (task, height, width), members in groups.items():
+            headers = [parsed[i][0].header for i in members]
+            strings = [[parsed[i][0].strings[0] for i in members], [parsed[i][0].strings[1] for i in members]]
+            with self.codec.use(task):
+                result = self.codec.decompress(
+                    strings, (headers[0].latent_height, headers[0].latent_width), [h.index_check for h in headers]
+                )
+            for k, i in enumerate(members):
+                image = result["x_hat"][k, :, :height, :width]
+                out[i] = DecodedFrame(image, headers[k], task, parsed[i][0].size_bytes, result["y_hat"][k])
+        return out  # type: ignore[return-value]

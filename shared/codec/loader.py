@@ -1,0 +1,93 @@
+"""Open a ready :class:`FrameCodec` from user-facing options (shared by every CLI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+from icmh.codec.bitstream import DEFAULT_LIMITS, Limits
+from icmh.errors import AdapterMismatchError, InvalidInputError
+from icmh.codec.frame_codec import FrameCodec
+from icmh.tasks import Task
+from icmh.codec.weights import load_base_codec, zoo_url
+from icmh.hub import cached_path
+from icmh.models.registry import get_codec
+
+ZOO_CODEC = "mbt2018-mean"  # the paper's base codec, where its CompressAI zoo weights are cached
+OWN_CODEC = "mbt2018-mean-small"  # the project's own trained codec (bundled weights)
+DEFAULT_QUALITY = 3
+
+
+def default_codec() -> str:
+    """:data:`ZOO_CODEC` when its zoo weights (quality :data:`DEFAULT_QUALITY`) are in the torch hub
+    cache, else :data:`OWN_CODEC`, whose weights ship with the package."""
+    return ZOO_CODEC if cached_path(zoo_url(get_codec(ZOO_CODEC), DEFAULT_QUALITY)).is_file() else OWN_CODEC
+
+
+@dataclass
+class CodecOptions:
+    """Which codec to open and with which weights and adapters."""
+
+    codec: str = field(default_factory=lambda: default_codec())
+    quality: int = DEFAULT_QUALITY
+    codec_weights: Optional[Path] = None
+    random_codec: bool = False
+    random_adapters: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    adapters: List[Path] = field(default_factory=list)
+    limits: Limits = DEFAULT_LIMITS
+    bundled_adapters: bool = True  # without ``adapters``: the trained adapters shipped for this codec and quality
+
+
+BUNDLED_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"  # icmh/adapters
+
+
+def bundled_adapter_files(codec: str, quality: int) -> List[Path]:
+    """The trained adapter files shipped with the package for ``codec`` at ``quality`` (one per task)."""
+    return sorted(BUNDLED_ADAPTERS_DIR.glob(f"{codec}-q{quality}-*.safetensors"))
+
+
+def check_device(device: str) -> str:
+    """Return ``device`` if usable here; raises :class:`InvalidInputError` otherwise."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InvalidInputError(f"unknown device {device!r} (use cpu or cuda[:N])") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("device cuda was asked for, but no CUDA GPU is available here (use --device cpu)")
+    return device
+
+
+def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> FrameCodec:
+    """Load the base codec, its adapter files, and make sure every task in ``tasks`` is served.
+
+    Without adapter files, the trained adapters shipped with the package for this codec and
+    quality (:func:`bundled_adapter_files`) are loaded, unless the codec is random or comes
+    from another weights file, or ``bundled_adapters`` is off.
+    A task without an adapter file gets seeded random adapters when ``random_adapters``
+    is set; otherwise :class:`AdapterMismatchError` says which flag is missing.
+    """
+    loaded = load_base_codec(
+        options.codec, options.quality, weights=options.codec_weights,
+        random_weights=options.random_codec, seed=options.seed,
+    )
+    frame_codec = FrameCodec(loaded, device=check_device(options.device), limits=options.limits)
+    for path in options.adapters:
+        frame_codec.load_adapters(path)
+    if not options.adapters and options.bundled_adapters and not options.random_codec and options.codec_weights is None:
+        for path in bundled_adapter_files(options.codec, options.quality):
+            frame_codec.load_adapters(path)
+    for task in tasks:
+        if task in frame_codec.tasks:
+            continue
+        if not options.random_adapters:
+            raise AdapterMismatchError(
+                f"task {task.value!r} needs adapters for {options.codec} quality {options.quality}: pass "
+                f"--adapters FILE (made by 'icmh train'), or --random-adapters for a smoke run"
+            )
+        frame_codec.add_random_adapters(task, options.seed)
+    return frame_codec
