@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= out/demo
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench results codec adapters clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,18 @@ test: venv
 bench: venv
 	$(VENV)/bin/icmh bench codec --codec mbt2018-mean-tiny --quality 1 --random-weights
 	$(VENV)/bin/icmh bench codec --codec mbt2018-mean --quality 3 --random-weights
+	$(VENV)/bin/icmh bench models
+
+# the rate–accuracy table of the README (every task, shipped codec and adapters, JPEG, WebP; ~30 min on 2 cores)
+results: venv
+	$(VENV)/bin/icmh eval --suite --out out/results
+
+# rebuild the shipped codec and adapters from scratch (hours on a CPU; resumable: rerun to continue)
+codec: venv
+	VENV=$(VENV) scripts/train_codec_ladder.sh
+
+adapters: venv
+	VENV=$(VENV) scripts/train_adapters.sh
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

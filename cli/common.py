@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from icmh.codec.loader import DEFAULT_QUALITY, OWN_CODEC, CodecOptions, default_codec
+from icmh.codec.loader import OWN_CODEC, CodecOptions, default_codec
 from icmh.codec.weights import RANDOM_WEIGHTS_WARNING
 from icmh.errors import IcmhError, InvalidInputError
 from icmh.models.registry import CODECS
@@ -50,8 +50,9 @@ def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = Fa
     parser.add_argument("--codec", default=default, choices=sorted(CODECS),
                         help=f"base codec (default here: {default}; mbt2018-mean where its CompressAI zoo weights "
                              f"are in the torch hub cache, else the project's own {OWN_CODEC})")
-    parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY,
-                        help=f"quality level of the base codec (default: {DEFAULT_QUALITY})")
+    parser.add_argument("--quality", type=int, default=None,
+                        help="quality level of the base codec (default: the codec's own, e.g. 3 for mbt2018-mean, "
+                             "2 for mbt2018-mean-small)")
     add_weight_options(parser, task_models=task_models)
 
 

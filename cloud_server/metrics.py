@@ -5,11 +5,11 @@ name                               type       labels                       recor
 =================================  =========  ===========================  ==========================
 ``icmh_bits_per_pixel``            histogram  task, codec, quality         :meth:`CloudMetrics.observe_frame`
 ``icmh_bitstream_bytes``           histogram  task                         :meth:`CloudMetrics.observe_frame`
-``icmh_stage_duration_seconds``    histogram  task, stage (decode, infer,  :meth:`CloudMetrics.observe_stage`,
-                                              total)                       :meth:`CloudMetrics.time_stage`
+``icmh_stage_duration_seconds``    histogram  task, stage (decode, infer,  :meth:`CloudMetrics.observe_stage`
+                                              total)
 ``icmh_queue_duration_seconds``    histogram  (none)                       :meth:`CloudMetrics.observe_queue`
 ``icmh_requests_total``            counter    task, code (gRPC status)     :meth:`CloudMetrics.count_request`
-``icmh_pending_requests``          gauge      (none)                       :meth:`CloudMetrics.pending_request`
+``icmh_pending_requests``          gauge      (none)                       :meth:`CloudMetrics.set_pending`
 ``icmh_batch_size``                histogram  (none)                       :meth:`CloudMetrics.observe_batch`
 ``icmh_active_streams``            gauge      (none)                       :meth:`CloudMetrics.active_stream`
 ``icmh_task_model_info``           gauge (1)  task, model                  :meth:`CloudMetrics.set_task_models`
@@ -112,10 +112,6 @@ class CloudMetrics:
         self.stage_duration.labels(task=TASK_LABEL(task), stage=STAGE_LABEL(stage)).observe(
             check_amount("seconds", seconds))
 
-    def time_stage(self, task: object, stage: object) -> ContextManager:
-        """Return a context manager that records the time spent in its body as ``stage``."""
-        return self.stage_duration.labels(task=TASK_LABEL(task), stage=STAGE_LABEL(stage)).time()
-
     def observe_queue(self, seconds: float) -> None:
         """Record that one frame waited ``seconds`` in the queue.
 
@@ -135,10 +131,6 @@ class CloudMetrics:
     def count_request(self, task: object, code: object) -> None:
         """Count one answered frame; ``code`` is a ``grpc.StatusCode``, its name or its number."""
         self.requests.labels(task=TASK_LABEL(task), code=STATUS_CODE_LABEL(code)).inc()
-
-    def pending_request(self) -> ContextManager:
-        """Return a context manager that counts its body as one pending request."""
-        return self.pending_requests.track_inprogress()
 
     def set_pending(self, count: int) -> None:
         """Set the pending-requests gauge, e.g. from the queue's own size."""

@@ -17,6 +17,7 @@ from typing import AsyncIterator, Optional
 import grpc
 
 from icmh.codec.bitstream import FORMAT_VERSION, Limits
+from icmh.service.status import status_code
 from icmh.v1 import icmh_pb2 as pb
 from icmh.v1 import icmh_pb2_grpc as pb_grpc
 
@@ -76,7 +77,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         remaining = context.time_remaining()
         response = await self._process(request, None if remaining is None else time.monotonic() + remaining)
         if response.HasField("error"):
-            await context.abort(_code(response.error.code), response.error.message)
+            await context.abort(status_code(response.error.code), response.error.message)
         return response
 
     async def StreamInfer(self, request_iterator: AsyncIterator[pb.InferRequest],
@@ -111,9 +112,3 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             max_width=self.limits.max_width, max_height=self.limits.max_height, max_pixels=self.limits.max_pixels,
             format_version=FORMAT_VERSION, max_message_bytes=self.max_message_bytes, task_models=models)
 
-
-def _code(value: int) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == value:
-            return code
-    return grpc.StatusCode.UNKNOWN

@@ -3,8 +3,7 @@
 =======================================  =========  ======================  ===============================
 name                                     type       labels                  recorded by
 =======================================  =========  ======================  ===============================
-``icmh_edge_encode_duration_seconds``    histogram  task                    :meth:`EdgeMetrics.observe_encode`,
-                                                                            :meth:`EdgeMetrics.time_encode`
+``icmh_edge_encode_duration_seconds``    histogram  task                    :meth:`EdgeMetrics.time_encode`
 ``icmh_edge_round_trip_seconds``         histogram  task                    :meth:`EdgeMetrics.observe_round_trip`
 ``icmh_edge_bits_per_pixel``             histogram  task, codec, quality    :meth:`EdgeMetrics.observe_encoded`
 ``icmh_edge_uplink_bytes_total``         counter    task                    :meth:`EdgeMetrics.count_sent`
@@ -77,14 +76,6 @@ class EdgeMetrics:
             ["task", "reason"], registry=reg)
         self.frames_in_flight = Gauge(
             "icmh_edge_frames_in_flight", "Frames sent and not yet answered.", registry=reg)
-
-    def observe_encode(self, task: object, seconds: float) -> None:
-        """Record that encoding one frame took ``seconds``.
-
-        Raises:
-            ValueError: ``seconds`` is negative or not finite.
-        """
-        self.encode_duration.labels(task=TASK_LABEL(task)).observe(check_amount("seconds", seconds))
 
     def time_encode(self, task: object) -> ContextManager:
         """Return a context manager that records the time spent in its body as one encode."""

@@ -9,7 +9,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +19,8 @@ from icmh.evaluation.bjontegaard import DEFAULT_METHOD, bd_metric, bd_rate
 from icmh.evaluation.runner import EvalResult
 
 RANDOM_BANNER = "RANDOM WEIGHTS: these figures are NOT those of trained models"
-ANCHOR = "base"
+LEARNED = ("adapted", "base")  # the coders under test, in the order the table lists them
+ANCHORS = ("base", "jpeg", "webp")  # what they are compared against
 METRIC_UNITS = {"AP": "%", "AP50": "%", "mask_AP": "%", "mask_AP50": "%", "top1": "%", "top5": "%",
                 "psnr": "dB", "ms_ssim": ""}
 CUBIC_MIN_POINTS = 4
@@ -31,23 +32,29 @@ def curve(result: EvalResult, method: str, metric: str) -> tuple:
     return np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
 
 
-def bd_table(result: EvalResult, method: str = DEFAULT_METHOD) -> List[Dict[str, Any]]:
-    """BD-rate (%) and BD-metric of every method against the base codec, for every metric.
+def bd_pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(test, anchor)`` pairs to compare: each learned method (``adapted``, ``base``) against every other
+    coder it should beat — ``adapted`` against ``base``, both against ``jpeg`` and ``webp`` — where present."""
+    present = set(methods)
+    return [(test, anchor) for test in LEARNED for anchor in ANCHORS
+            if test != anchor and test in present and anchor in present]
 
-    A curve with fewer than 4 points uses PCHIP instead of the cubic fit (said in
-    ``method``); a pair that cannot be compared (too few points, constant or
-    non-monotonic curves, no shared range) gets NaN and the reason in ``note``.
+
+def bd_table(result: EvalResult, method: str = DEFAULT_METHOD) -> List[Dict[str, Any]]:
+    """BD-rate (%) and BD-metric of each pair of :func:`bd_pairs`, for every metric.
+
+    A negative BD-rate means the test method needs fewer bits than the anchor for the same
+    metric. A curve with fewer than 4 points uses PCHIP instead of the cubic fit (said in
+    ``fit``); a pair that cannot be compared (too few points, constant or non-monotonic
+    curves, no shared range) gets NaN and the reason in ``note``.
     """
     table = []
-    methods = [m for m in dict.fromkeys(r["method"] for r in result.rows) if m not in (ANCHOR, "uncompressed")]
-    if ANCHOR not in {r["method"] for r in result.rows}:
-        return table
+    pairs = bd_pairs([r["method"] for r in result.rows])
     for metric in list(result.metrics):
-        anchor = curve(result, ANCHOR, metric)
-        for test_method in methods:
-            test = curve(result, test_method, metric)
+        for test_method, anchor_method in pairs:
+            anchor, test = curve(result, anchor_method, metric), curve(result, test_method, metric)
             fit = method if min(anchor[0].size, test[0].size) >= CUBIC_MIN_POINTS else "pchip"
-            row = {"method": test_method, "anchor": ANCHOR, "metric": metric, "fit": fit,
+            row = {"method": test_method, "anchor": anchor_method, "metric": metric, "fit": fit,
                    "bd_rate": math.nan, "bd_metric": math.nan, "note": ""}
             try:
                 row["bd_rate"] = bd_rate(*anchor, *test, method=fit)
@@ -141,10 +148,11 @@ def format_points(result: EvalResult) -> str:
 def format_bd_table(table: Sequence[Dict[str, Any]]) -> str:
     """The BD table as aligned text (``n/a`` with the reason where a pair could not be compared)."""
     if not table:
-        return "BD table: no base-codec curve to compare against"
-    lines = [f"{'method':<10}{'metric':<11}{'fit':<7}{'BD-rate':>11}{'BD-metric':>12}  note"]
+        return "BD table: no learned codec and anchor to compare"
+    lines = [f"{'method':<10}{'vs':<7}{'metric':<11}{'fit':<7}{'BD-rate':>11}{'BD-metric':>12}  note"]
     for row in table:
         rate = "n/a" if math.isnan(row["bd_rate"]) else f"{row['bd_rate']:+.2f} %"
         value = "n/a" if math.isnan(row["bd_metric"]) else f"{row['bd_metric']:+.3f}"
-        lines.append(f"{row['method']:<10}{row['metric']:<11}{row['fit']:<7}{rate:>11}{value:>12}  {row['note']}")
+        lines.append(f"{row['method']:<10}{row['anchor']:<7}{row['metric']:<11}{row['fit']:<7}{rate:>11}{value:>12}"
+                     f"  {row['note']}")
     return "\n".join(lines)

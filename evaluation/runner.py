@@ -31,7 +31,7 @@ from icmh.images import load_image
 from icmh.models.registry import get_codec
 from icmh.results import TaskResult
 from icmh.tasks import Task
-from icmh.codec.loader import default_codec
+from icmh.codec.loader import bundled_adapter_files, default_codec
 from icmh.codec.weights import load_base_codec
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, ModelOptions, TaskModel, load_task_model
 
@@ -271,9 +271,12 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
 
 
 def _adapter_files_by_quality(config: EvalConfig, task: Task) -> Dict[int, Path]:
-    """The adapter file for each quality, from ``config.adapters`` (files or folders)."""
+    """The adapter file for each quality: from ``config.adapters`` (files or folders), else the trained
+    adapters shipped with the package for this codec (:func:`~icmh.codec.loader.bundled_adapter_files`)."""
+    candidates = adapter_files(config.adapters) if config.adapters else \
+        [path for quality in config.qualities for path in bundled_adapter_files(config.codec, quality)]
     found: Dict[int, Path] = {}
-    for path in adapter_files(config.adapters):
+    for path in candidates:
         meta, _ = read_adapters(path)
         if meta.codec == config.codec and meta.task == task.value and meta.quality in config.qualities:
             if meta.quality in found:

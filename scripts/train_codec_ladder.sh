@@ -4,8 +4,8 @@
 #   scripts/train_codec_ladder.sh            # runs (or resumes) every step below, in order
 #   RUNS=runs/codec STEPS_ANCHOR=40000 STEPS_FINETUNE=8000 scripts/train_codec_ladder.sh
 #
-# Quality 3 (λ = 0.0067) is trained from scratch; every other quality is fine-tuned from its
-# neighbour towards the middle (2 and 4 from 3, 1 from 2, 5 from 4, 6 from 5). Each run keeps
+# Quality 2 (λ = 0.0067) is trained from scratch; every other quality is fine-tuned from its
+# neighbour towards it (1 and 3 from 2, 4 from 3). Each run keeps
 # a resume checkpoint beside its output, so the script can be stopped and started again at any
 # time: finished qualities are skipped, an interrupted one continues where it stopped.
 # Training images only (icmh train-codec refuses evaluation images). Finished files are copied
@@ -16,7 +16,7 @@ RUNS="${RUNS:-runs/codec}"
 STEPS_ANCHOR="${STEPS_ANCHOR:-40000}"
 STEPS_FINETUNE="${STEPS_FINETUNE:-8000}"
 COMMON=(--codec mbt2018-mean-small --crop 256 --batch-size 8 --amp "${AMP:-bf16}" --checkpoint-every 250)
-LAMBDA=([1]=0.0018 [2]=0.0035 [3]=0.0067 [4]=0.0130 [5]=0.0250 [6]=0.0483)
+LAMBDA=([1]=0.0018 [2]=0.0067 [3]=0.0250 [4]=0.0483)  # shared/models/registry.py SMALL_LAMBDAS
 mkdir -p "$RUNS"
 
 train() {  # quality steps lr [init quality]
@@ -35,9 +35,7 @@ train() {  # quality steps lr [init quality]
     cp "$out" "shared/weights/mbt2018-mean-small-$q.safetensors"
 }
 
-train 3 "$STEPS_ANCHOR" 5e-4
-train 4 "$STEPS_FINETUNE" 1e-4 3
-train 2 "$STEPS_FINETUNE" 1e-4 3
-train 5 "$STEPS_FINETUNE" 1e-4 4
+train 2 "$STEPS_ANCHOR" 5e-4
+train 3 "$STEPS_FINETUNE" 1e-4 2
 train 1 "$STEPS_FINETUNE" 1e-4 2
-train 6 "$STEPS_FINETUNE" 1e-4 5
+train 4 "$STEPS_FINETUNE" 1e-4 3

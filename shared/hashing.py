@@ -1,4 +1,4 @@
-"""Content hashes of tensor collections (adapter ids, base-codec fingerprints)."""
+"""Content hashes of tensor collections (adapter ids, base-codec fingerprints) and their sizes on the wire."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from typing import Mapping
 
 import torch
 from torch import Tensor
+
+ADAPTER_ID_BYTES = 8  # the adapter hash in every frame header: the first bytes of the adapters' SHA-256
+FINGERPRINT_BYTES = 4  # the base-weights fingerprint in every frame header
 
 
 def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
@@ -17,3 +20,8 @@ def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def short_digest(tensors: Mapping[str, Tensor], size: int) -> bytes:
+    """The first ``size`` bytes of :func:`tensors_digest` (frame-header ids)."""
+    return bytes.fromhex(tensors_digest(tensors))[:size]

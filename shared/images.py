@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +10,10 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
+from icmh.codec.bitstream import LATENT_STRIDE
 from icmh.errors import InvalidInputError
 
-BLOCK = 64  # every supported codec reduces resolution by 64 (y by 16, z by 64)
+BLOCK = LATENT_STRIDE  # every supported codec reduces resolution by 64 (y by 16, z by 64)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # image files we read
 
 
@@ -62,8 +62,3 @@ def pad_to_block(x: Tensor, block: int = BLOCK) -> Tensor:
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-
-
-def padded_size(height: int, width: int, block: int = BLOCK) -> Tuple[int, int]:
-    """(H, W) rounded up to multiples of ``block``."""
-    return height + (-height) % block, width + (-width) % block

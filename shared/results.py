@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from icmh.errors import InvalidInputError
+from icmh.tasks import Task
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class TaskResult:
     model that produced the result (empty where unknown).
     """
 
-    task: str
+    task: Task
     width: int
     height: int
     detections: List[Detection] = field(default_factory=list)
@@ -131,10 +132,13 @@ class TaskResult:
     image_png: Optional[bytes] = None
     model: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task.parse(self.task.value if isinstance(self.task, Task) else self.task))
+
     def to_json(self) -> Dict[str, Any]:
         """A JSON-serialisable dict; the PNG (if any) as base64 text under ``image_png_base64``."""
         return {
-            "task": self.task,
+            "task": self.task.value,
             "model": self.model,
             "width": self.width,
             "height": self.height,
@@ -149,7 +153,7 @@ class TaskResult:
         try:
             png = data.get("image_png_base64")
             return cls(
-                task=str(data["task"]),
+                task=Task.parse(str(data["task"])),
                 width=int(data["width"]),
                 height=int(data["height"]),
                 detections=[Detection.from_json(d) for d in data.get("detections", [])],

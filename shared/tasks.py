@@ -15,6 +15,9 @@ class Task(str, Enum):
     SEGMENTATION = "segmentation"
     CLASSIFICATION = "classification"
 
+    def __str__(self) -> str:
+        return self.value
+
     @property
     def wire_id(self) -> int:
         """The task's id in the bitstream header and on the wire (stable across versions)."""

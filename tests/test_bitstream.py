@@ -383,7 +383,7 @@ def test_smallest_frame_has_one_empty_string_and_parses() -> None:
     assert len(data) == MIN_FRAME_SIZE
     parsed = parse_frame(data)
     assert parsed.strings == (b"",)
-    assert not parsed.header.has_adapters
+    assert not any(parsed.header.adapter_hash)
     assert parsed.header.latent_height == parsed.header.latent_width == 1
 
 

@@ -235,7 +235,10 @@ def test_eval_classification_scores_top1_against_labels_csv(tmp_path, capsys, im
     assert {("base", 1), ("base", 2), ("adapted", 1), ("adapted", 2), ("jpeg", 10), ("jpeg", 50)} <= set(rows)
     assert rows[("base", 1)]["bpp"] < rows[("base", 2)]["bpp"]  # the trained tiny codec's qualities
     assert rows[("jpeg", 10)]["bpp"] < rows[("jpeg", 50)]["bpp"]
-    assert len(summary["bd"]) == 2 * 2  # adapted and jpeg against base, top1 and top5
+    # adapted against base and jpeg, base against jpeg; top1 and top5
+    assert {(r["method"], r["anchor"]) for r in summary["bd"]} == {("adapted", "base"), ("adapted", "jpeg"),
+                                                                    ("base", "jpeg")}
+    assert len(summary["bd"]) == 3 * 2
     with open(tmp_path / "eval-classification.csv") as handle:
         assert len(list(csv.DictReader(handle))) == len(summary["points"])
     with Image.open(tmp_path / "eval-classification.png") as png:
@@ -265,8 +268,8 @@ def test_eval_detection_on_coco_mini_gives_pycocotools_ap_curves_plot_and_bd_tab
                        ("jpeg", 10), ("jpeg", 40)]
     for row in summary["points"]:
         assert 0.0 <= row["AP"] <= 100.0 and 0.0 <= row["AP50"] <= 100.0 and row["images"] == 2
-    assert {(r["method"], r["metric"]) for r in summary["bd"]} == {
-        (m, k) for m in ("adapted", "jpeg") for k in ("AP", "AP50")}
+    assert {(r["method"], r["anchor"], r["metric"]) for r in summary["bd"]} == {
+        (m, a, k) for m, a in (("adapted", "base"), ("adapted", "jpeg"), ("base", "jpeg")) for k in ("AP", "AP50")}
     assert "BD-rate" in out and out.count(BANNER) >= 2
     assert (tmp_path / "eval-detection.png").stat().st_size > 10_000
 
@@ -283,7 +286,7 @@ def test_eval_human_psnr_rises_with_jpeg_quality_and_bd_is_computed(tmp_path, ca
         assert [r["bpp"] for r in points] == sorted(r["bpp"] for r in points)
         assert [r["psnr"] for r in points] == sorted(r["psnr"] for r in points)
         assert all(0.5 < r["ms_ssim"] <= 1.0 for r in points)
-    psnr = next(r for r in summary["bd"] if r["metric"] == "psnr" and r["method"] == "jpeg")
+    psnr = next(r for r in summary["bd"] if r["metric"] == "psnr" and r["anchor"] == "jpeg")
     assert psnr["fit"] == "cubic" and math.isfinite(psnr["bd_rate"]) and math.isfinite(psnr["bd_metric"])
 
 

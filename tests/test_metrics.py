@@ -134,8 +134,7 @@ def test_cloud_stage_queue_and_batch_histograms(cloud):
     metrics.observe_stage("segmentation", "infer", 0.5)
     metrics.observe_stage("segmentation", "total", 0.75)
     metrics.observe_stage("segmentation", "total", 0.25)
-    with metrics.time_stage("classification", "infer"):
-        pass
+    metrics.observe_stage("classification", "infer", 0.125)
     metrics.observe_queue(0.003)
     metrics.observe_batch(4)
     metrics.observe_batch(1)
@@ -143,7 +142,7 @@ def test_cloud_stage_queue_and_batch_histograms(cloud):
         assert scraper.value("icmh_stage_duration_seconds_count", task="segmentation", stage=stage) == count
         assert scraper.value("icmh_stage_duration_seconds_sum", task="segmentation", stage=stage) == total
     assert scraper.value("icmh_stage_duration_seconds_count", task="classification", stage="infer") == 1
-    assert 0 <= scraper.value("icmh_stage_duration_seconds_sum", task="classification", stage="infer") < 1
+    assert scraper.value("icmh_stage_duration_seconds_sum", task="classification", stage="infer") == 0.125
     assert scraper.value("icmh_queue_duration_seconds_count") == 1
     assert scraper.value("icmh_queue_duration_seconds_bucket", le="0.005") == 1
     assert scraper.value("icmh_queue_duration_seconds_bucket", le="0.002") == 0
@@ -154,10 +153,7 @@ def test_cloud_gauges_follow_pending_requests_and_open_streams(cloud):
     metrics, scraper = cloud
     assert scraper.value("icmh_pending_requests") == 0 and scraper.value("icmh_active_streams") == 0
     with metrics.active_stream(), metrics.active_stream():
-        with metrics.pending_request():
-            assert scraper.value("icmh_pending_requests") == 1
-            assert scraper.value("icmh_active_streams") == 2
-        assert scraper.value("icmh_pending_requests") == 0
+        assert scraper.value("icmh_active_streams") == 2
     assert scraper.value("icmh_active_streams") == 0
     metrics.set_pending(5)
     assert scraper.value("icmh_pending_requests") == 5
@@ -207,7 +203,8 @@ def test_cloud_metric_names_help_and_units_are_as_documented(cloud):
 def test_edge_counts_frames_bytes_and_bits_per_pixel_exactly(edge):
     metrics, scraper = edge
     for bpp, nbytes in ((0.125, 300), (0.25, 600), (0.0625, 150)):
-        metrics.observe_encode("detection", 0.02)
+        with metrics.time_encode("detection"):
+            pass
         metrics.observe_encoded("detection", "mbt2018-mean-tiny", 1, bpp)
         metrics.count_sent("detection", nbytes)
         metrics.observe_round_trip("detection", 0.5)

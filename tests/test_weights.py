@@ -92,7 +92,7 @@ def test_random_weights_are_seeded_and_labelled():
 def test_bundled_tiny_codec_loads_with_its_tables():
     loaded = load_base_codec("mbt2018-mean-tiny", 1)
     assert loaded.pretrained and "trained by icmh" in loaded.source
-    assert loaded.model.gaussian_conditional._quantized_cdf.numel() > 0
+    assert loaded.model.gaussian_conditional.quantized_cdf.numel() > 0
 
 
 def test_unknown_codec_and_quality_are_clear_errors():

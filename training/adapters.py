@@ -34,6 +34,7 @@ from icmh.codec.loader import OWN_CODEC, CodecOptions, open_frame_codec
 from icmh.data_splits import TRAINING_SETS, relative_names, training_images
 from icmh.errors import InvalidInputError
 from icmh.models.adapted import AdapterConfig
+from icmh.models.registry import get_codec
 from icmh.seeding import seeded
 from icmh.taskmodels import ModelOptions, default_model_name, load_task_model
 from icmh.tasks import Task
@@ -79,7 +80,7 @@ class AdapterTrainConfig:
     model: Optional[str] = None  # task model name; None: the task's default
     models_dir: Optional[Path] = None
     codec: str = OWN_CODEC
-    quality: int = 3
+    quality: Optional[int] = None  # None: the codec's default quality
     steps: int = 1000
     crop: int = 256
     batch_size: int = 8
@@ -111,6 +112,7 @@ class AdapterTrainConfig:
             raise InvalidInputError("steps and batch size must be >= 1 and the crop a multiple of 64")
         self.out = Path(self.out)
         self.data = [str(p) for p in self.data]
+        self.quality = self.quality or get_codec(self.codec).default_quality
         self.model = self.model or default_model_name(task, self.models_dir)
         if self.lmbda is None:
             self.lmbda = preset_lambda(self.model, self.quality)

@@ -16,7 +16,7 @@ from icmh.cli.common import (add_task_model_options, add_weight_options, model_c
 from icmh.codec.loader import OWN_CODEC, check_device
 from icmh.data_splits import TRAINING_SETS
 from icmh.errors import InvalidInputError
-from icmh.models.registry import CODECS
+from icmh.models.registry import CODECS, get_codec
 from icmh.tasks import Task
 from icmh.training.adapters import AdapterTrainConfig, train_adapters
 from icmh.training.rd import AMP_DTYPES
@@ -36,7 +36,7 @@ def register(benches: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default: {','.join(TASKS)})")
     parser.add_argument("--codec", default=OWN_CODEC, choices=sorted(CODECS))
-    parser.add_argument("--quality", type=int, default=3)
+    parser.add_argument("--quality", type=int, default=None, help="default: the codec's own")
     parser.add_argument("--crop", type=positive_int, default=256, help="crop size (default: 256, the paper's)")
     parser.add_argument("--batch-size", type=positive_int, default=8, help="batch size (default: 8)")
     parser.add_argument("--steps", type=positive_int, default=3, help="timed steps per task (default: 3)")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     anchor = results[tasks[0]]["images_per_s"]
     for task in tasks:
         results[task]["relative_to_" + tasks[0]] = results[task]["images_per_s"] / anchor
-    report = {"codec": f"{args.codec} q{args.quality}", "device": args.device, "threads": torch.get_num_threads(),
+    report = {"codec": f"{args.codec} q{args.quality or get_codec(args.codec).default_quality}", "device": args.device, "threads": torch.get_num_threads(),
               "crop": args.crop, "batch_size": args.batch_size, "timed_steps": args.steps,
               "amp": args.amp, "task_models": labels, "tasks": results}
     if args.json:

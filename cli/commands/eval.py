@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import List
 
 from icmh.cli.common import (add_task_model_options, add_weight_options, model_choices, positive_int, random_parts,
                              warn_random_weights)
 from icmh.codec.loader import check_device, default_codec
+from icmh.errors import InvalidInputError
 from icmh.models.registry import CODECS
 from icmh.tasks import Task
 
 from icmh.evaluation.bjontegaard import DEFAULT_METHOD as BD_DEFAULT, METHODS as BD_METHODS
 from icmh.evaluation.report import RANDOM_BANNER, bd_table, format_bd_table, format_points, plot_curves, write_points
 from icmh.evaluation.runner import METHODS, REFERENCES, EvalConfig, run_evaluation
+from icmh.evaluation.suite import run_suite
 
 
 def int_list(text: str) -> List[int]:
@@ -48,13 +51,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "geometry is coded (METHOD.md): YOLOX at long side 416, YOLOv5 at 640, SqueezeNet 227, "
                     "MobileNetV2 its 224 centre crop, the R-CNNs short side 800 (max 1333), ResNet-50 its "
                     "resize-256 centre-crop-224; results are mapped back to the original image. Rate is the real "
-                    "coded size in bits per pixel. Writes OUT/eval-TASK.csv, .json and .png and prints the points and the "
-                    "BD-rate / BD-metric table against the base codec.",
+                    "coded size in bits per pixel. Writes OUT/eval-TASK.csv, .json and .png and prints the points and "
+                    "the BD-rate / BD-metric table (adapted vs base, JPEG and WebP; base vs JPEG and WebP). "
+                    "--suite runs the project's whole results table instead (every task on its standard set).",
     )
-    parser.add_argument("--task", required=True, choices=[t.value for t in Task])
-    parser.add_argument("--data", type=Path, required=True,
+    parser.add_argument("--suite", action="store_true",
+                        help="every task on its standard set under $ICMH_DATA_DIR (Kodak, COCO-mini val, "
+                             "ImageNet-100) with the default models, codec and shipped adapters; writes OUT/results.md "
+                             "and results.json beside each task's files (--task, --data and the anchor qualities "
+                             "come from the suite)")
+    parser.add_argument("--task", choices=[t.value for t in Task], help="the task to evaluate (without --suite)")
+    parser.add_argument("--data", type=Path,
                         help="image folder: COCO-style (annotations/instances_*.json + val2017/), ImageNet-style "
-                             "(labels.csv) or plain images")
+                             "(labels.csv) or plain images (without --suite)")
     parser.add_argument("--annotations", type=Path, help="COCO instances json (default: found under DATA)")
     parser.add_argument("--labels", type=Path, help="classification labels CSV (default: DATA/labels.csv)")
     parser.add_argument("--images", type=positive_int, help="evaluate only the first N images (default: all)")
@@ -89,17 +98,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the CSV/JSON/PNG and print the tables; returns 0."""
     check_device(args.device)
+    if args.suite:
+        return run_suite_command(args)
+    if args.task is None or args.data is None:
+        raise InvalidInputError("give --task and --data (or --suite for the whole results table)")
     task = Task.parse(args.task)
-    parts = random_parts(args)
-    config = EvalConfig(
-        task=args.task, data=args.data, model=model_choices(args.model, [task]).get(task), models_dir=args.models_dir,
-        codec=args.codec, qualities=args.qualities,
-        methods=args.methods, jpeg_qualities=args.jpeg_qualities, webp_qualities=args.webp_qualities,
-        adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
-        images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
-        max_proposals=args.max_proposals, device=args.device, random_task_model="task models" in parts,
-        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed,
-    )
+    config = _config(args, task)
     warn_random_weights(f"icmh eval {args.task}", args)
     result = run_evaluation(config, progress=not args.no_progress)
     stem = f"eval-{result.task}"
@@ -109,7 +113,40 @@ def run(args: argparse.Namespace) -> int:
     banner = f"!!! {RANDOM_BANNER} !!!" if result.random_weights else ""
     lines = [banner, f"task {result.task}; codec {result.codec_label}", f"task model {result.task_model}",
              f"scored against {result.reference}", *(f"note: {note}" for note in result.notes),
-             format_points(result), "", f"BD against the base codec ({result.primary_metric} first):",
+             format_points(result), "",
+             f"Bjøntegaard deltas (negative BD-rate: fewer bits than the anchor; {result.primary_metric} first):",
              format_bd_table(table), banner, "wrote " + ", ".join(str(path) for path in files.values())]
     print("\n".join(line for line in lines if line is not banner or banner))
+    return 0
+
+
+def _config(args: argparse.Namespace, task: Task) -> EvalConfig:
+    parts = random_parts(args)
+    return EvalConfig(
+        task=task.value, data=args.data or Path("."), model=model_choices(args.model, [task]).get(task),
+        models_dir=args.models_dir,
+        codec=args.codec, qualities=args.qualities,
+        methods=args.methods, jpeg_qualities=args.jpeg_qualities, webp_qualities=args.webp_qualities,
+        adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
+        images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
+        max_proposals=args.max_proposals, device=args.device, random_task_model="task models" in parts,
+        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed,
+    )
+
+
+def run_suite_command(args: argparse.Namespace) -> int:
+    """``--suite``: the results table of every task; prints each task as it finishes and the table; returns 0."""
+    warn_random_weights("icmh eval --suite", args)
+    started = time.perf_counter()
+
+    def report(task: Task, result, seconds: float) -> None:
+        print(f"{task.value}: {result.task_model}, {result.rows[0]['images']} images, {seconds:.0f} s", flush=True)
+
+    if args.model:
+        raise InvalidInputError("--suite uses each task's default model; evaluate other models one task at a time")
+    suite = run_suite(args.out, _config(args, Task.HUMAN), bd_method=args.bd_method,
+                      progress=not args.no_progress, on_task=report)
+    print((args.out / "results.md").read_text())
+    print(f"suite: {len(suite.results)} tasks in {time.perf_counter() - started:.0f} s; wrote {args.out}/results.md, "
+          f"results.json and eval-TASK.csv/.json/.png")
     return 0

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", required=True, choices=[t.value for t in Task if t.uses_adapters])
     add_task_model_options(parser)
     parser.add_argument("--codec", default=defaults.codec, choices=sorted(CODECS), help="base codec (default %(default)s)")
-    parser.add_argument("--quality", type=int, default=defaults.quality, help="quality of the base codec")
+    parser.add_argument("--quality", type=int, default=None, help="quality of the base codec (default: its own)")
     parser.add_argument("--data", action="append", default=None, metavar="SET_OR_DIR",
                         help=f"training set name ({', '.join(TRAINING_SETS)}) or image folder; repeatable "
                              f"(default: all three training sets under $ICMH_DATA_DIR)")
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     random = f" [RANDOM WEIGHTS: {', '.join(parts)}]" if parts else ""
     last = history[-1] if history else {"step": history.start_step, "loss": float("nan"),
                                         "bpp": float("nan"), "distortion": float("nan")}
-    print(f"{args.out}: {args.task} adapters for {args.codec} q{args.quality} against {history.task_model_label}"
+    print(f"{args.out}: {args.task} adapters for {args.codec} q{config.quality} against {history.task_model_label}"
           f"{random}, λ={config.lmbda:g}, {last['step']} steps: loss {last['loss']:.4f}, {last['bpp']:.4f} bpp "
           f"(estimated), distortion {last['distortion']:.5f} on training crops; log {config.csv_path}")
     return 0

@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from icmh.errors import BitstreamError, UnsupportedVersionError
+from icmh.hashing import ADAPTER_ID_BYTES, FINGERPRINT_BYTES
 
 __all__ = [
     "MAGIC",
@@ -69,8 +70,6 @@ _CRC = struct.Struct(">I")
 #: The smallest well-formed frame: fixed header, one length entry, an empty string, CRC.
 MIN_FRAME_SIZE = HEADER_SIZE + _LENGTH_SIZE + CRC_SIZE
 
-_ADAPTER_HASH_SIZE = 8
-_BASE_HASH_SIZE = 4
 _U8_MAX = 0xFF
 _U16_MAX = 0xFFFF
 _U32_MAX = 0xFFFFFFFF
@@ -142,11 +141,6 @@ class FrameHeader:
         """Return ``ceil(width / 64)``, the latent width the frame must declare."""
         return -(-self.width // LATENT_STRIDE)
 
-    @property
-    def has_adapters(self) -> bool:
-        """Return True unless the adapter hash is all zero (plain base codec)."""
-        return any(self.adapter_hash)
-
 
 @dataclass(frozen=True)
 class Frame:
@@ -206,7 +200,7 @@ def _check_header(header: FrameHeader, limits: Limits) -> None:
             f"image of {header.height}x{header.width} pixels is over the limit of "
             f"{limits.max_pixels} pixels (max_pixels)"
         )
-    for name, size in (("adapter_hash", _ADAPTER_HASH_SIZE), ("base_hash", _BASE_HASH_SIZE)):
+    for name, size in (("adapter_hash", ADAPTER_ID_BYTES), ("base_hash", FINGERPRINT_BYTES)):
         value = getattr(header, name)
         if not isinstance(value, bytes) or len(value) != size:
             raise ValueError(f"{name} must be exactly {size} bytes, got {value!r}")

@@ -18,13 +18,13 @@ from icmh.models.registry import get_codec
 
 ZOO_CODEC = "mbt2018-mean"  # the paper's base codec, where its CompressAI zoo weights are cached
 OWN_CODEC = "mbt2018-mean-small"  # the project's own trained codec (bundled weights)
-DEFAULT_QUALITY = 3
 
 
 def default_codec() -> str:
-    """:data:`ZOO_CODEC` when its zoo weights (quality :data:`DEFAULT_QUALITY`) are in the torch hub
-    cache, else :data:`OWN_CODEC`, whose weights ship with the package."""
-    return ZOO_CODEC if cached_path(zoo_url(get_codec(ZOO_CODEC), DEFAULT_QUALITY)).is_file() else OWN_CODEC
+    """:data:`ZOO_CODEC` when its zoo weights (at its default quality) are in the torch hub cache, else
+    :data:`OWN_CODEC`, whose weights ship with the package."""
+    zoo = get_codec(ZOO_CODEC)
+    return ZOO_CODEC if cached_path(zoo_url(zoo, zoo.default_quality)).is_file() else OWN_CODEC
 
 
 @dataclass
@@ -32,7 +32,7 @@ class CodecOptions:
     """Which codec to open and with which weights and adapters."""
 
     codec: str = field(default_factory=lambda: default_codec())
-    quality: int = DEFAULT_QUALITY
+    quality: Optional[int] = None  # None: the codec's default quality
     codec_weights: Optional[Path] = None
     random_codec: bool = False
     random_adapters: bool = False
@@ -71,22 +71,23 @@ def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> Frame
     A task without an adapter file gets seeded random adapters when ``random_adapters``
     is set; otherwise :class:`AdapterMismatchError` says which flag is missing.
     """
+    quality = options.quality or get_codec(options.codec).default_quality
     loaded = load_base_codec(
-        options.codec, options.quality, weights=options.codec_weights,
+        options.codec, quality, weights=options.codec_weights,
         random_weights=options.random_codec, seed=options.seed,
     )
     frame_codec = FrameCodec(loaded, device=check_device(options.device), limits=options.limits)
     for path in options.adapters:
         frame_codec.load_adapters(path)
     if not options.adapters and options.bundled_adapters and not options.random_codec and options.codec_weights is None:
-        for path in bundled_adapter_files(options.codec, options.quality):
+        for path in bundled_adapter_files(options.codec, quality):
             frame_codec.load_adapters(path)
     for task in tasks:
         if task in frame_codec.tasks:
             continue
         if not options.random_adapters:
             raise AdapterMismatchError(
-                f"task {task.value!r} needs adapters for {options.codec} quality {options.quality}: pass "
+                f"task {task.value!r} needs adapters for {options.codec} quality {quality}: pass "
                 f"--adapters FILE (made by 'icmh train'), or --random-adapters for a smoke run"
             )
         frame_codec.add_random_adapters(task, options.seed)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from icmh.errors import InvalidInputError, WeightsMissingError
 from icmh.hub import cached_path, hub_state_dict, read_state_dict
-from icmh.hashing import tensors_digest
+from icmh.hashing import FINGERPRINT_BYTES, short_digest
 from icmh.seeding import seeded
 from icmh.models.registry import CodecSpec, get_codec
 
@@ -67,7 +67,7 @@ def zoo_file_name(spec: CodecSpec, quality: int) -> str:
 
 def codec_fingerprint(model: nn.Module) -> bytes:
     """A 4-byte fingerprint of all of ``model``'s parameters and buffers."""
-    return bytes.fromhex(tensors_digest(model.state_dict()))[:4]
+    return short_digest(model.state_dict(), FINGERPRINT_BYTES)
 
 
 def load_codec_state(model: nn.Module, state: Dict[str, Tensor], misfit: str) -> None:

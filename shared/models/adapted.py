@@ -17,7 +17,7 @@ Verbs, as in CompressAI:
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -26,7 +26,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor, nn
 
 from icmh.errors import AdapterMismatchError
-from icmh.hashing import tensors_digest
+from icmh.hashing import ADAPTER_ID_BYTES, short_digest, tensors_digest
 from icmh.tasks import Task
 from icmh.models.adapters import build_adapter
 from icmh.models.latent_coding import AUTOREGRESSIVE, SCALE_HYPERPRIOR, build_latent_coder
@@ -49,10 +49,6 @@ class AdapterConfig:
             valid = ", ".join(spec.decoder_taps)
             raise AdapterMismatchError(f"{spec.name} has no decoder position {position!r} (valid: {valid})")
         return AdapterConfig(self.variant, self.mid_dim, self.init, position)
-
-    def to_dict(self) -> Dict[str, object]:
-        """Plain-dict form (for checkpoint metadata)."""
-        return asdict(self)
 
 
 class AdapterSet(nn.Module):
@@ -153,7 +149,7 @@ class AdaptedCodec(nn.Module):
         """The 8-byte adapter id written into frame headers (zeros for ``human``)."""
         if not task.uses_adapters:
             return bytes(8)
-        return bytes.fromhex(self.adapter_set(task).digest())[:8]
+        return short_digest(self.adapter_set(task).state_dict(), ADAPTER_ID_BYTES)
 
     def train(self, mode: bool = True) -> "AdaptedCodec":
         """Switch the adapters' mode; the frozen base codec always stays in eval mode."""

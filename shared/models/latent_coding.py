@@ -55,9 +55,9 @@ class _CdfTables:
     """CPU copies of one entropy model's quantised CDF tables, for the rANS coder."""
 
     def __init__(self, module: nn.Module) -> None:
-        self.cdf = module._quantized_cdf.cpu().tolist()
-        self.lengths = module._cdf_length.reshape(-1).int().cpu().tolist()
-        self.offsets = module._offset.reshape(-1).int().cpu().tolist()
+        self.cdf = module.quantized_cdf.cpu().tolist()
+        self.lengths = module.cdf_length.reshape(-1).int().cpu().tolist()
+        self.offsets = module.offset.reshape(-1).int().cpu().tolist()
 
     def encode(self, symbols: Tensor, indexes: Tensor) -> bytes:
         """rANS-encode integer ``symbols`` with CDF ``indexes`` (same shape)."""

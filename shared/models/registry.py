@@ -37,6 +37,7 @@ class CodecSpec:
     zoo_name: Optional[str] = None
     bundled_weights: Mapping[int, str] = field(default_factory=dict)
     description: str = ""
+    default_quality: int = 3  # the quality commands use when none is given
 
     @property
     def qualities(self) -> Tuple[int, ...]:
@@ -144,6 +145,7 @@ register_codec(CodecSpec(
     encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
     decoder_taps=_HYPERPRIOR_DECODER_TAPS,
     bundled_weights={quality: f"mbt2018-mean-tiny-{quality}.safetensors" for quality in TINY_QUALITIES},
+    default_quality=1,
     description=(
         "small mean-scale hyperprior (N=64, M=96) trained briefly by this project at four λ on "
         "Kodak + COCO-mini; ships with the package, for tests, demos and benchmarks"
@@ -153,7 +155,7 @@ register_codec(CodecSpec(
 # The project's own default codec where the CompressAI zoo weights are absent: the mbt2018-mean
 # structure at N=96, M=128 (3.5 M parameters, 7 MB as float16), trained by ``icmh train-codec``
 # on training images only (see shared/weights/README.md for each quality's recipe).
-SMALL_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483}  # CompressAI's MSE table
+SMALL_LAMBDAS = {1: 0.0018, 2: 0.0067, 3: 0.0250, 4: 0.0483}  # CompressAI's q1, q3, q5, q6: about 0.1–1 bpp
 
 register_codec(CodecSpec(
     name="mbt2018-mean-small",
@@ -164,6 +166,7 @@ register_codec(CodecSpec(
     encoder_taps=_HYPERPRIOR_ENCODER_TAPS,
     decoder_taps=_HYPERPRIOR_DECODER_TAPS,
     bundled_weights={quality: f"mbt2018-mean-small-{quality}.safetensors" for quality in SMALL_LAMBDAS},
+    default_quality=2,  # λ = 0.0067, about 0.3 bpp on Kodak (the zoo codecs' quality 3)
     description=(
         "mean-scale hyperprior (N=96, M=128) trained by this project on training images only "
         "(BSDS500, COCO-mini train and un-annotated val); the default where zoo weights are absent"

@@ -22,6 +22,7 @@ from typing import Callable, FrozenSet, Optional, Tuple
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from icmh.service.status import STATUS_BY_NUMBER
 from icmh.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,10 @@ class LabelValues:
         return self.fallback
 
 
-_STATUS_BY_NUMBER = {code.value[0]: code.name for code in grpc.StatusCode}
-
-
 def _status_name(value: object) -> object:
     """A numeric gRPC code (``FrameError.code``) as its name; names pass through upper-cased."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return _STATUS_BY_NUMBER.get(value, value)
+        return STATUS_BY_NUMBER[value].name if value in STATUS_BY_NUMBER else value
     if isinstance(value, str):
         return value.upper()
     return value

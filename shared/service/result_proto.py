@@ -10,7 +10,7 @@ from icmh.results import Box, ClassScore, Detection, TaskResult
 
 def result_to_proto(result: TaskResult, response: pb.InferResponse) -> pb.InferResponse:
     """Fill ``response`` with ``result`` (task, size, detections, classes, PNG); returns it."""
-    response.task = result.task
+    response.task = result.task.value
     response.model = result.model
     response.width, response.height = result.width, result.height
     for det in result.detections:

@@ -203,7 +203,7 @@ class Detectron2Detector(TaskModel):
             masks = instances.pred_masks if task is Task.SEGMENTATION and instances.has("pred_masks") else None
             found = coco.detections(instances.pred_boxes.tensor, instances.pred_classes, instances.scores, masks,
                                     item["width"], item["height"], coco.contiguous_to_category_id())
-            results.append(TaskResult(task.value, item["width"], item["height"], detections=found))
+            results.append(TaskResult(task, item["width"], item["height"], detections=found))
         return results
 
     def features(self, x: Tensor) -> List[Tensor]:

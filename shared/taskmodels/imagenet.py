@@ -29,5 +29,5 @@ def top_k_results(logits: Tensor, k: int, sizes: Sequence[Tuple[int, int]]) -> L
     results = []
     for (height, width), scores, indexes in zip(sizes, top.values.cpu(), top.indices.cpu()):
         classes = [ClassScore(int(i), names[int(i)], float(s)) for s, i in zip(scores, indexes)]
-        results.append(TaskResult(Task.CLASSIFICATION.value, width, height, classes=classes))
+        results.append(TaskResult(Task.CLASSIFICATION, width, height, classes=classes))
     return results

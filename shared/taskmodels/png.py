@@ -34,7 +34,7 @@ class PngImage(TaskModel):
                 raise InvalidInputError("the png consumer returns images at their own size")
             buffer = io.BytesIO()
             to_pil_image(to_uint8(image)).save(buffer, format="PNG")
-            results.append(TaskResult(Task.HUMAN.value, width, height, image_png=buffer.getvalue()))
+            results.append(TaskResult(Task.HUMAN, width, height, image_png=buffer.getvalue()))
         return results
 
     def features(self, x: Tensor) -> List[Tensor]:

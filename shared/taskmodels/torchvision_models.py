@@ -199,7 +199,7 @@ class RCNNDetector(TaskModel):
                                                     align_corners=False)
                 masks = resized[:, 0] > MASK_THRESHOLD
             found = coco.detections(boxes, output["labels"], output["scores"], masks, width, height)
-            results.append(TaskResult(task.value, width, height, detections=found))
+            results.append(TaskResult(task, width, height, detections=found))
         return results
 
     def features(self, x: Tensor) -> List[Tensor]:

@@ -116,7 +116,7 @@ class YoloV5Seg(TaskModel):
         masks = None if proto is None else decode_masks(coefficients, proto, boxes, box, size)
         detections = coco.detections(boxes, labels, scores, masks, size[1], size[0],
                                      label_to_category=coco.contiguous_to_category_id())
-        return TaskResult(task.value, size[1], size[0], detections=detections)
+        return TaskResult(task, size[1], size[0], detections=detections)
 
     def features(self, x: Tensor) -> List[Tensor]:
         """The P3, P4 and P5 neck outputs (strides 8, 16, 32; 64, 128 and 256 channels) of ``x`` (N×3×H×W,

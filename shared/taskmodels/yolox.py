@@ -123,7 +123,7 @@ class YoloxNano(TaskModel):
         height, width = size
         found = coco.detections(placement.boxes_to(boxes, size), labels, scores, None, width, height,
                                 label_to_category=coco.contiguous_to_category_id())
-        return TaskResult(task=task.value, width=width, height=height, detections=found)
+        return TaskResult(task=task, width=width, height=height, detections=found)
 
 
 def to_network_input(x: Tensor) -> Tensor:
