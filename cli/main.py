@@ -1,20 +1,43 @@
 """``icmh``: file-based coding, codec facts, training and benchmarks.
 
 Each sub-command lives in :mod:`icmh.cli.commands` as a module with ``register(subparsers)``
-(adds its parser and sets ``func``) and is listed in :data:`COMMANDS`.
+(adds its parser and sets ``func``) and is listed in :data:`COMMANDS` with the extra it needs
+beyond the core install. A command whose extra is not installed still shows in ``--help``
+and answers with one line saying which extra to install.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from typing import Optional, Sequence
 
 from icmh import __version__
 from icmh.cli.common import run_cli
+from icmh.errors import InvalidInputError
 
-from icmh.cli.commands import bd, bench, decode, encode, eval as eval_command, info, train, train_codec
+# module of icmh.cli.commands -> (command name, the extra it needs beyond the core install)
+COMMANDS = {
+    "encode": ("encode", None), "decode": ("decode", None), "info": ("info", None),
+    "train": ("train", "train"), "train_codec": ("train-codec", "train"), "eval": ("eval", "eval"),
+    "bench": ("bench", "eval"), "bd": ("bd", "eval"),
+}
 
-COMMANDS = (encode, decode, info, train, train_codec, eval_command, bench, bd)
+
+def _register(subparsers: argparse._SubParsersAction, module: str, name: str, extra: Optional[str]) -> None:
+    try:
+        importlib.import_module(f"icmh.cli.commands.{module}").register(subparsers)
+    except ImportError as exc:
+        if extra is None:
+            raise
+        missing = f"{type(exc).__name__}: {exc}"
+
+        def unavailable(args: argparse.Namespace) -> int:
+            raise InvalidInputError(f"icmh {name} needs the '{extra}' extra: pip install \"icmh[{extra}]\" ({missing})")
+
+        parser = subparsers.add_parser(name, help=f"(needs pip install \"icmh[{extra}]\")", add_help=False)
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        parser.set_defaults(func=unavailable)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"icmh {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(subparsers)
+    for module, (name, extra) in COMMANDS.items():
+        _register(subparsers, module, name, extra)
     return parser
 
 

@@ -6,12 +6,16 @@ import argparse
 from pathlib import Path
 
 from icmh.cli.common import (add_task_model_options, add_weight_options, check_file_output, model_choices,
-                             positive_int, random_parts, warn_random_weights)
+                             model_options, positive_int, random_parts, warn_random_weights)
 from icmh.codec.loader import check_device
-from icmh.data_splits import TRAINING_SETS
-from icmh.models.registry import CODECS
+from icmh.data_splits import TRAINING_SETS, training_images
+from icmh.errors import InvalidInputError
+from icmh.models.registry import CODECS, get_codec
+from icmh.taskmodels import load_task_model
 from icmh.tasks import Task
 from icmh.training.adapters import SCHEDULES, AdapterTrainConfig, train_adapters
+from icmh.training.calibrate import calibrate
+from icmh.training.data import RandomCrops
 from icmh.training.rd import AMP_DTYPES
 
 
@@ -51,16 +55,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", default=defaults.init, help="adapter initialisation")
     parser.add_argument("--resume", action="store_true", help="continue from FILE.ckpt.safetensors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--out", type=Path, required=True, help="output adapter checkpoint (.safetensors)")
+    parser.add_argument("--out", type=Path, help="output adapter checkpoint (.safetensors); required unless --calibrate")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="train nothing: print, for every quality of the codec, the base codec's estimated bpp, "
+                             "the task model's distortion D on training crops, and λ = k·bpp/D (see --balance)")
+    parser.add_argument("--balance", type=float, default=1.0, metavar="K",
+                        help="k of --calibrate: the weight of the distortion term against the rate at the start "
+                             "(default 1)")
     add_weight_options(parser, adapters=False, task_models=True)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and save; returns 0."""
-    check_file_output(args.out)
+    """Train and save (or print the λ calibration); returns 0."""
     check_device(args.device)
     task = Task.parse(args.task)
+    if args.calibrate:
+        return run_calibration(args, task)
+    if args.out is None:
+        raise InvalidInputError("give --out FILE for the adapters (or --calibrate)")
+    check_file_output(args.out)
     parts = random_parts(args)
     config = AdapterTrainConfig(
         task=args.task, out=args.out, data=args.data or list(TRAINING_SETS), model=model_choices(args.model, [task]).get(task),
@@ -78,4 +92,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.out}: {args.task} adapters for {args.codec} q{config.quality} against {history.task_model_label}"
           f"{random}, λ={config.lmbda:g}, {last['step']} steps: loss {last['loss']:.4f}, {last['bpp']:.4f} bpp "
           f"(estimated), distortion {last['distortion']:.5f} on training crops; log {config.csv_path}")
+    return 0
+
+
+def run_calibration(args: argparse.Namespace, task: Task) -> int:
+    """``--calibrate``: the λ table of the task model for every quality of the codec; returns 0."""
+    spec = get_codec(args.codec)
+    qualities = [args.quality] if args.quality else list(spec.qualities)
+    model = load_task_model(task, model_choices(args.model, [task]).get(task), model_options(args))
+    crops = RandomCrops(training_images(args.data or list(TRAINING_SETS)), crop=args.crop, seed=args.seed)
+    points = calibrate(model, args.codec, qualities, crops, batch_size=args.batch_size, balance=args.balance,
+                       device=args.device)
+    print(f"λ calibration of {model.name} ({model.weights_label}) on {args.codec}, crops {args.crop}², "
+          f"k = {args.balance:g}")
+    print(f"  {'quality':>7}{'bpp':>9}{'D':>12}{'λ = k·bpp/D':>14}")
+    for point in points:
+        print(f"  {point.quality:>7}{point.bpp:>9.4f}{point.distortion:>12.5g}{point.lmbda:>14.4g}")
     return 0

@@ -14,9 +14,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from icmh.extras import optional_import
 from icmh.results import Box, Detection
 
 UNUSED = ("__background__", "N/A")
@@ -53,7 +53,7 @@ def masks_to_rle(masks: Tensor) -> List[Dict[str, Any]]:
     if masks.shape[0] == 0:
         return []
     array = np.asfortranarray(masks.to(device="cpu", dtype=torch.uint8).permute(1, 2, 0).numpy())
-    encoded = mask_utils.encode(array)
+    encoded = optional_import("pycocotools.mask", "server", "masks as COCO RLE").encode(array)
     return [{"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")} for rle in encoded]
 
 

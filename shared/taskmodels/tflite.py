@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
+from ..extras import optional_import
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -155,12 +156,7 @@ class TfliteGraph:
 def schema() -> Any:
     """The ``tflite`` package (the TFLite flatbuffer schema); raises :class:`InvalidInputError`
     saying how to install it when it is absent."""
-    try:
-        import tflite
-    except ImportError:
-        raise InvalidInputError("reading TFLite models needs the PyPI package 'tflite' (pip install tflite); "
-                                "or choose another model with --model") from None
-    return tflite
+    return optional_import("tflite", "server", "reading TFLite models (or choose another model with --model)")
 
 
 @contextlib.contextmanager
@@ -203,7 +199,7 @@ def _indexes(values: Any, length: int) -> Tuple[int, ...]:
 
 def _operator_name(code: Any) -> str:
     """The builtin name of an ``OperatorCode`` (``CUSTOM:<name>`` for custom operators)."""
-    from tflite.utils import BUILTIN_OPCODE2NAME
+    BUILTIN_OPCODE2NAME = optional_import("tflite.utils", "server", "reading TFLite models").BUILTIN_OPCODE2NAME
 
     number = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
     if number == 32:  # CUSTOM
