@@ -22,12 +22,13 @@ ENV PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/icmh \
     PATH=/opt/icmh/bin:$PATH \
     TORCH_HOME=/cache/torch \
+    ICMH_MODELS_DIR=/models \
     ICMH_GRPC_PORT=50051
 
 WORKDIR /app
 COPY pyproject.toml constraints.txt ./
 COPY --chmod=0755 deploy/docker/install-python-deps.sh /usr/local/bin/
-RUN TORCH_INDEX="$TORCH_INDEX" install-python-deps.sh
+RUN TORCH_INDEX="$TORCH_INDEX" EXTRAS="server" install-python-deps.sh
 
 # The project itself (the build context minus .dockerignore), on top of the cached
 # dependency layer: a code change rebuilds only from here.
@@ -36,9 +37,11 @@ RUN pip install --quiet --no-deps . && rm -rf ./build ./*.egg-info
 COPY --chmod=0755 deploy/docker/healthcheck.py /usr/local/bin/icmh-healthcheck
 
 USER 10001:10001
-# The torch hub cache: base-codec (CompressAI zoo) and task-model (torchvision) weights
-# are downloaded here on first start; mount a volume so that happens once, or pre-fill it
-# for offline hosts ($TORCH_HOME/hub/checkpoints/<file>). Adapter checkpoints: /adapters.
+# The project's own codec and adapters are in the package. The real task models are read
+# from ICMH_MODELS_DIR (/models: mount ../shared/models there). The torch hub cache: the
+# paper's models (CompressAI zoo, torchvision) are downloaded here on first use; mount a
+# volume so that happens once, or pre-fill it ($TORCH_HOME/hub/checkpoints/<file>).
+# More adapter checkpoints: /adapters.
 VOLUME ["/cache/torch"]
 # 50051 gRPC (icmh.v1.InferenceService, grpc.health.v1, reflection); 9100 Prometheus /metrics.
 EXPOSE 50051 9100

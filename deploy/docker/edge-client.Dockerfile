@@ -19,7 +19,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml constraints.txt ./
 COPY --chmod=0755 deploy/docker/install-python-deps.sh /usr/local/bin/
-RUN TORCH_INDEX="$TORCH_INDEX" install-python-deps.sh
+RUN TORCH_INDEX="$TORCH_INDEX" EXTRAS="edge" install-python-deps.sh
 
 # The project itself (the build context minus .dockerignore), on top of the cached
 # dependency layer: a code change rebuilds only from here.

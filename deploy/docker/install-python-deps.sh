@@ -21,10 +21,19 @@ python3 -m venv "$VIRTUAL_ENV"
 "$VIRTUAL_ENV/bin/pip" install --quiet --upgrade "pip>=24"
 
 # Dependencies only (from pyproject.toml, no project source yet), so that this layer is
-# rebuilt when the pins change, not on every code change.
-python3 - <<'PY' > /tmp/requirements.txt
-import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+# rebuilt when the pins change, not on every code change: the core plus the extras of the
+# image's role (EXTRAS build arg: "server" for the cloud server, "edge" for the edge client).
+EXTRAS="${EXTRAS:-}" python3 - <<'PY' > /tmp/requirements.txt
+import os, re, tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+extras, wanted, seen = project["optional-dependencies"], os.environ["EXTRAS"].split(), []
+while wanted:  # expand "icmh[a,b]" self-references
+    extra = wanted.pop()
+    for requirement in extras[extra]:
+        nested = re.fullmatch(r"icmh\[(.+)\]", requirement)
+        wanted += nested.group(1).split(",") if nested else []
+        seen += [] if nested else [requirement]
+print("\n".join(project["dependencies"] + seen))
 PY
 if [ -n "${TORCH_INDEX:-}" ]; then
     set -- --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
@@ -35,5 +44,5 @@ rm /tmp/requirements.txt
 # Fixed uid/gid so that volumes and Kubernetes' runAsUser / fsGroup agree with the image.
 groupadd --system --gid 10001 icmh
 useradd --system --uid 10001 --gid icmh --home-dir /home/icmh --create-home --shell /usr/sbin/nologin icmh
-mkdir -p "$TORCH_HOME" /adapters /data
-chown -R icmh:icmh "$TORCH_HOME" /adapters /data
+mkdir -p "$TORCH_HOME" /adapters /models /data
+chown -R icmh:icmh "$TORCH_HOME" /adapters /models /data
