@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from icmh.codec.loader import OWN_CODEC, CodecOptions, default_codec
 from icmh.codec.weights import RANDOM_WEIGHTS_WARNING
 from icmh.errors import IcmhError, InvalidInputError
+from icmh.models.encoder_paths import EAGER, ENCODER_PATHS
 from icmh.models.registry import CODECS
 from icmh.taskmodels import MODELS_DIR_ENV, TASK_MODELS, ModelOptions, get_task_model_spec
 from icmh.tasks import Task
@@ -45,7 +46,7 @@ def add_weight_options(parser: argparse.ArgumentParser, *, adapters: bool = True
 
 
 def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = False) -> None:
-    """Add ``--codec`` and ``--quality`` plus :func:`add_weight_options`."""
+    """Add ``--codec``, ``--quality`` and ``--encoder`` plus :func:`add_weight_options`."""
     default = default_codec()
     parser.add_argument("--codec", default=default, choices=sorted(CODECS),
                         help=f"base codec (default here: {default}; mbt2018-mean where its CompressAI zoo weights "
@@ -53,6 +54,10 @@ def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = Fa
     parser.add_argument("--quality", type=int, default=None,
                         help="quality level of the base codec (default: the codec's own, e.g. 3 for mbt2018-mean, "
                              "2 for mbt2018-mean-small)")
+    parser.add_argument("--encoder", default=EAGER, choices=ENCODER_PATHS,
+                        help="how the analysis transform runs when encoding: eager (PyTorch), compiled (ONNX Runtime, "
+                             "float32) or int8 (ONNX Runtime, 8-bit, calibrated on training photos; slightly larger "
+                             "frames); every frame decodes exactly whatever the encoder (default: eager)")
     add_weight_options(parser, task_models=task_models)
 
 
@@ -70,7 +75,7 @@ def codec_options(args: argparse.Namespace, codec: Optional[str] = None, quality
     return CodecOptions(
         codec=codec or args.codec, quality=quality or args.quality, codec_weights=args.codec_weights,
         random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, device=args.device,
-        adapters=adapter_files(getattr(args, "adapters", [])),
+        adapters=adapter_files(getattr(args, "adapters", [])), encoder_path=getattr(args, "encoder", EAGER),
     )
 
 

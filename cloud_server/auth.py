@@ -58,10 +58,11 @@ def _digest(token: str) -> bytes:
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without an accepted bearer token (UNAUTHENTICATED), except exempt services."""
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: Sequence[str], on_refused: Callable[[], None] = lambda: None) -> None:
         if not tokens:
             raise ValueError("BearerTokenInterceptor needs at least one token")
         self._digests = [_digest(token) for token in tokens]
+        self._on_refused = on_refused
 
     def accepts(self, token: str) -> bool:
         """Return whether ``token`` is one of the accepted tokens (constant time per token)."""
@@ -90,7 +91,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or _service(handler_call_details.method) in EXEMPT_SERVICES:
             return handler
         reason = self.refusal(handler_call_details.invocation_metadata)
-        return handler if reason is None else _refusing(handler, reason)
+        if reason is None:
+            return handler
+        self._on_refused()
+        return _refusing(handler, reason)
 
 
 def _service(method: str) -> str:

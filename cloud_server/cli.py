@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
+
+import torch
 
 from icmh.cli.common import (add_codec_options, add_task_model_options, codec_options, model_choices, model_options,
                              positive_int, run_cli, warn_random_weights)
@@ -20,7 +24,7 @@ from icmh.images import save_image
 from icmh.tasks import Task
 
 from icmh.cloud.auth import TOKENS_ENV, load_tokens
-from icmh.cloud.server import ServerConfig, serve
+from icmh.cloud.server import SERVER_LIMITS, ServerConfig, serve
 from icmh.cloud.tls import load_server_tls
 
 
@@ -40,8 +44,26 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Prometheus port (0: pick a free one; -1: off; default 9100)")
     parser.add_argument("--tasks", default=",".join(t.value for t in Task),
                         help="comma-separated tasks to serve (default: all that have adapters)")
-    parser.add_argument("--max-pending", type=positive_int, default=32,
+    limits = parser.add_argument_group("limits and batching (bounded cost and memory per frame)")
+    limits.add_argument("--max-pending", type=positive_int, default=32,
                         help="frames waiting or running at once before RESOURCE_EXHAUSTED (default 32)")
+    limits.add_argument("--max-pixels", type=positive_int, default=SERVER_LIMITS.max_pixels,
+                        help=f"largest frame accepted, in pixels (default {SERVER_LIMITS.max_pixels}: 1920×1080; "
+                             f"larger frames get RESOURCE_EXHAUSTED before any decoding)")
+    limits.add_argument("--max-batch", type=positive_int, default=4,
+                        help="frames of the same task and size run through the models together (default 4)")
+    limits.add_argument("--max-batch-wait-ms", type=float, default=5.0,
+                        help="how long a worker waits for a batch to fill, in ms (default 5)")
+    limits.add_argument("--workers", type=positive_int, default=1,
+                        help="threads that run batches in parallel (default 1; see --threads)")
+    limits.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads shared by the workers (default: CPU cores / workers, at least 1)")
+    limits.add_argument("--max-calls", type=positive_int, default=32,
+                        help="concurrent calls of all clients before RESOURCE_EXHAUSTED (default 32)")
+    limits.add_argument("--max-streams-per-connection", type=positive_int, default=16,
+                        help="concurrent streams one connection may open (HTTP/2 limit; default 16)")
+    limits.add_argument("--stream-idle-timeout", type=float, default=300.0,
+                        help="seconds a stream may send nothing before it is ended (default 300)")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds in-flight frames get on SIGTERM")
     parser.add_argument("--score-threshold", type=float, default=0.5,
                         help="detections scoring below this are not returned (default 0.5)")
@@ -137,10 +159,15 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"warning: cloud-server on {args.host} without {' and '.join(missing)}: whoever reaches the port "
               "can read or send frames (see the README's security section)", file=sys.stderr, flush=True)
     tasks = [Task.parse(name.strip()) for name in args.tasks.split(",") if name.strip()]
+    codec = codec_options(args)
+    codec.limits = dataclasses.replace(codec.limits, max_pixels=args.max_pixels)
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // args.workers))
     config = ServerConfig(
-        codec=codec_options(args), host=args.host, port=args.port,
+        codec=codec, host=args.host, port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port, tasks=tasks,
-        max_pending=args.max_pending, grace_seconds=args.grace, models=model_choices(args.model, tasks),
+        max_pending=args.max_pending, max_batch=args.max_batch, max_batch_wait=args.max_batch_wait_ms / 1e3,
+        workers=args.workers, max_calls=args.max_calls, max_streams_per_connection=args.max_streams_per_connection,
+        stream_idle_timeout=args.stream_idle_timeout, grace_seconds=args.grace, models=model_choices(args.model, tasks),
         model_options=model_options(args, score_threshold=args.score_threshold, min_size=args.detector_min_size),
         log_frames=args.log_frames,
         tls=tls, auth_tokens=tokens, max_connection_age=args.max_connection_age,

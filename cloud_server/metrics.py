@@ -13,6 +13,9 @@ name                               type       labels                       recor
 ``icmh_batch_size``                histogram  (none)                       :meth:`CloudMetrics.observe_batch`
 ``icmh_active_streams``            gauge      (none)                       :meth:`CloudMetrics.active_stream`
 ``icmh_task_model_info``           gauge (1)  task, model                  :meth:`CloudMetrics.set_task_models`
+``icmh_refused_total``             counter    reason (unauthenticated,     :meth:`CloudMetrics.count_refused`
+                                              overloaded, too_large,
+                                              draining, deadline, idle)
 =================================  =========  ===========================  ==========================
 
 Label values come from fixed sets (:mod:`icmh.service.metrics`); an unexpected value is
@@ -45,6 +48,8 @@ __all__ = ["CloudMetrics", "STAGES", "STAGE_LABEL", "start_metrics_server", "sto
 
 STAGES = ("decode", "infer", "total")
 STAGE_LABEL = LabelValues("stage", STAGES + ("other",), "other")
+REFUSAL_REASONS = ("unauthenticated", "overloaded", "too_large", "draining", "deadline", "idle", "other")
+REFUSAL_LABEL = LabelValues("reason", REFUSAL_REASONS, "other")
 MODEL_LABEL = LabelValues("model", tuple(sorted({spec.name for spec in TASK_MODELS.values()})) + ("other",), "other")
 
 
@@ -84,6 +89,8 @@ class CloudMetrics:
             registry=reg)
         self.active_streams = Gauge(
             "icmh_active_streams", "Open StreamInfer calls (one per camera session).", registry=reg)
+        self.refused = Counter(
+            "icmh_refused_total", "Calls and frames refused before any decoding, by reason.", ["reason"], registry=reg)
         self.task_model_info = Gauge(
             "icmh_task_model_info", "The task model serving each task (value 1).", ["task", "model"], registry=reg)
 
@@ -127,6 +134,10 @@ class CloudMetrics:
             ValueError: ``size`` is negative or not finite.
         """
         self.batch_size.observe(check_amount("size", size))
+
+    def count_refused(self, reason: str) -> None:
+        """Count one refused call or frame (reasons: :data:`REFUSAL_REASONS`)."""
+        self.refused.labels(reason=REFUSAL_LABEL(reason)).inc()
 
     def count_request(self, task: object, code: object) -> None:
         """Count one answered frame; ``code`` is a ``grpc.StatusCode``, its name or its number."""

@@ -1,26 +1,79 @@
-"""One frame through the cloud: parse, decode with the task adapters, run the task model.
+"""Frames through the cloud: parse, decode with the task adapters, run the task model.
 
-Synchronous and single-threaded on purpose: the service runs it in one worker thread,
-so torch sees one caller at a time, and the event loop stays free for the network.
+Every frame is its own unit of failure. :meth:`Pipeline.admit` parses and checks a frame
+(cheap: the header, the CRC and the server's limits) before it may wait for a worker, so a
+malformed or oversized frame never costs decoding. :meth:`Pipeline.run_batch` decodes and
+infers frames of one task and size together; whatever goes wrong ends that frame alone
+with a per-frame error — a user-caused error with its status code, anything else as
+INTERNAL with a generic message (the traceback is logged once on the server, never sent).
+When a batch fails as a whole its frames are retried one by one, so a poison frame cannot
+take the others with it. A frame whose caller has gone, or whose deadline has passed, is
+skipped before each costly stage. Decoded images and results must be finite: NaN or
+infinity ends the frame with an error, never an OK result.
+
+Synchronous on purpose: the service runs it in worker threads (:mod:`.batching`), and the
+event loop stays free for the network.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import time
-from typing import Dict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import grpc
+import torch
 
-from icmh.errors import AdapterMismatchError, IcmhError
-from icmh.codec.frame_codec import FrameCodec
-from icmh.v1 import icmh_pb2 as pb
-from icmh.tasks import Task
-
+from icmh.codec.bitstream import Frame
+from icmh.codec.frame_codec import DecodedFrame, FrameCodec
+from icmh.errors import AdapterMismatchError, BitstreamError, IcmhError
+from icmh.results import TaskResult
 from icmh.service.result_proto import result_to_proto
 from icmh.taskmodels import TaskModel
+from icmh.tasks import Task
+from icmh.v1 import icmh_pb2 as pb
+
 from icmh.cloud.metrics import CloudMetrics
 from icmh.cloud.status import status_for
+
+log = logging.getLogger("cloud_server")
+
+
+class GoneError(Exception):
+    """The caller of a frame went away (or its deadline passed) before the frame was processed."""
+
+
+@dataclass
+class Job:
+    """One frame waiting in the server: its bytes, who is waiting, and what parsing found."""
+
+    frame_id: int
+    data: bytes
+    deadline: Optional[float] = None  # time.monotonic() after which nobody waits for the answer
+    cancelled: Callable[[], bool] = lambda: False
+    queued_at: float = field(default_factory=time.perf_counter)
+    frame: Optional[Frame] = None
+    task: Optional[Task] = None
+
+    @property
+    def key(self) -> Tuple[Task, int, int]:
+        """Frames with the same key (task, height, width) can share a batch."""
+        assert self.frame is not None and self.task is not None
+        return self.task, self.frame.header.height, self.frame.header.width
+
+    def gone(self) -> bool:
+        """Whether nobody waits for this frame any more."""
+        return self.cancelled() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+
+def error_response(frame_id: int, code: grpc.StatusCode, message: str) -> pb.InferResponse:
+    """A response carrying a per-frame error."""
+    response = pb.InferResponse(frame_id=frame_id)
+    response.error.code, response.error.message = code.value[0], message
+    return response
 
 
 class Pipeline:
@@ -34,40 +87,105 @@ class Pipeline:
         self.quality = frame_codec.loaded.quality
 
     @property
-    def tasks(self):
+    def tasks(self) -> List[Task]:
         """Tasks served: those with decoder adapters (or none, for human) and a task model."""
         return [task for task in self.frame_codec.tasks if task in self.models]
 
-    def run(self, frame_id: int, data: bytes) -> pb.InferResponse:
-        """Process one frame; a bad frame gives a response with ``error`` set (never raises)."""
-        response = pb.InferResponse(frame_id=frame_id)
-        start = time.perf_counter()
-        task_label = "unknown"
+    # -- before the queue ---------------------------------------------------------------------
+    def admit(self, job: Job) -> Optional[pb.InferResponse]:
+        """Parse and check ``job``'s frame (filling ``job.frame`` and ``job.task``); returns ``None``
+        if it may be queued, else the error response (counted in the metrics)."""
         try:
-            frame, task = self.frame_codec.parse(data)
-            task_label = task.value
-            if task not in self.models:
-                raise AdapterMismatchError(f"this server runs no model for task {task.value!r}")
-            decoded = self.frame_codec.decode_parsed([(frame, task)])[0]
-            decoded_at = time.perf_counter()
-            model = self.models[task]
-            result = dataclasses.replace(model.infer([decoded.image], task)[0], model=model.name)
-        except IcmhError as exc:
-            code = status_for(exc)
-            response.error.code, response.error.message = code.value[0], str(exc)
-            self.metrics.count_request(task_label, code)
-            return response
+            job.frame, job.task = self.frame_codec.parse(job.data)
+            if job.task not in self.models:
+                raise AdapterMismatchError(f"this server runs no model for task {job.task.value!r}")
+        except Exception as exc:  # noqa: BLE001 — a frame never ends more than itself
+            return self._failure(job, exc, "parsing")
+        return None
+
+    # -- in a worker ----------------------------------------------------------------------------
+    def run_batch(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
+        """Decode and infer admitted frames of one key (:attr:`Job.key`); one response per job, in order."""
+        live = [job for job in jobs if not job.gone()]
+        responses = {id(job): self._skipped(job) for job in jobs if job.gone()}
+        if len(live) > 1:
+            try:
+                responses.update(zip(map(id, live), self._process(live)))
+                live = []
+            except Exception:  # noqa: BLE001 — isolate: retry each frame alone below
+                log.info("a batch of %d frames failed; processing them one by one", len(live))
+        for job in live:
+            try:
+                responses[id(job)] = self._process([job])[0]
+            except GoneError:
+                responses[id(job)] = self._skipped(job)
+            except Exception as exc:  # noqa: BLE001 — a frame never ends more than itself
+                responses[id(job)] = self._failure(job, exc, "processing")
+        return [responses[id(job)] for job in jobs]
+
+    def run(self, frame_id: int, data: bytes) -> pb.InferResponse:
+        """One frame from bytes to response (admit, then a batch of one)."""
+        job = Job(frame_id, data)
+        return self.admit(job) or self.run_batch([job])[0]
+
+    def _process(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
+        started = time.perf_counter()
+        task = jobs[0].task
+        # one frame at a time: a batch of synthesis transforms need not give the bits of single ones
+        decoded = [self.frame_codec.decode_parsed([(job.frame, job.task)])[0] for job in jobs]
+        for item in decoded:
+            if not torch.isfinite(item.image).all():
+                raise BitstreamError("the frame decodes to non-finite values")
+        decoded_at = time.perf_counter()
+        if any(job.gone() for job in jobs):
+            raise GoneError
+        model = self.models[task]
+        results = [dataclasses.replace(result, model=model.name)
+                   for result in model.infer([item.image for item in decoded], task)]
+        for result in results:
+            check_finite(result)
         done = time.perf_counter()
+        self.metrics.observe_batch(len(jobs))
+        return [self._response(job, item, result, started, decoded_at, done)
+                for job, item, result in zip(jobs, decoded, results)]
+
+    def _response(self, job: Job, decoded: DecodedFrame, result: TaskResult, started: float, decoded_at: float,
+                  done: float) -> pb.InferResponse:
+        response = pb.InferResponse(frame_id=job.frame_id)
         result_to_proto(result, response)
         response.bits_per_pixel = decoded.bpp
-        response.times.decode_seconds = decoded_at - start
+        response.times.decode_seconds = decoded_at - started
         response.times.infer_seconds = done - decoded_at
-        response.times.total_seconds = done - start
-        self.metrics.observe_frame(task, self.codec_name, self.quality, decoded.bpp, frame.size_bytes)
-        self.metrics.observe_stage(task, "decode", decoded_at - start)
+        response.times.total_seconds = done - started
+        task = job.task
+        self.metrics.observe_frame(task, self.codec_name, self.quality, decoded.bpp, job.frame.size_bytes)
+        self.metrics.observe_stage(task, "decode", decoded_at - started)
         self.metrics.observe_stage(task, "infer", done - decoded_at)
-        self.metrics.observe_stage(task, "total", done - start)
-        self.metrics.observe_batch(1)
+        self.metrics.observe_stage(task, "total", done - started)
         self.metrics.count_request(task, grpc.StatusCode.OK)
         return response
 
+    def _skipped(self, job: Job) -> pb.InferResponse:
+        self.metrics.count_refused("deadline")
+        self.metrics.count_request(job.task or "unknown", grpc.StatusCode.DEADLINE_EXCEEDED)
+        return error_response(job.frame_id, grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "the caller went away or its deadline passed before the frame was processed")
+
+    def _failure(self, job: Job, exc: Exception, stage: str) -> pb.InferResponse:
+        if isinstance(exc, IcmhError):
+            code, message = status_for(exc), str(exc)
+            if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                self.metrics.count_refused("too_large")
+        else:
+            log.exception("frame %d: internal error while %s it", job.frame_id, stage)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error while {stage} this frame (logged on the server)"
+        self.metrics.count_request(job.task or "unknown", code)
+        return error_response(job.frame_id, code, message)
+
+
+def check_finite(result: TaskResult) -> None:
+    """Raise ``ValueError`` if any number of ``result`` is NaN or infinite."""
+    numbers = [value for d in result.detections for value in (*d.box.to_json(), d.score)]
+    numbers += [c.score for c in result.classes]
+    if not all(math.isfinite(value) for value in numbers):
+        raise ValueError(f"the {result.task.value} model produced non-finite outputs")

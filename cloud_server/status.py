@@ -6,12 +6,13 @@ from typing import Dict, Type
 
 import grpc
 
-from icmh.errors import (AdapterMismatchError, BitstreamError, CodecMismatchError, IcmhError, IndexMismatchError,
-                           InvalidInputError, WeightsMissingError)
+from icmh.errors import (AdapterMismatchError, BitstreamError, CodecMismatchError, FrameTooLargeError, IcmhError,
+                         IndexMismatchError, InvalidInputError, WeightsMissingError)
 
 # most specific first: the first class the error is an instance of decides
 STATUS_BY_ERROR: Dict[Type[IcmhError], grpc.StatusCode] = {
     IndexMismatchError: grpc.StatusCode.DATA_LOSS,
+    FrameTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     BitstreamError: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     CodecMismatchError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import statistics
@@ -19,7 +20,7 @@ import sys
 import os
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Deque, Iterator, Optional, Sequence
 
 from icmh.cli.common import (add_codec_options, codec_options, positive_int, run_cli, warn_random_weights,
                                write_output)
@@ -119,16 +120,25 @@ def _source(args: argparse.Namespace):
 
 
 class LiveLine:
-    """The compact live status line (stderr) and the end-of-run summary."""
+    """The compact live status line (stderr) and the end-of-run summary.
+
+    Bounded state: frame count and bits-per-pixel sum, and the last :data:`WINDOW` round
+    trips for the percentiles (the exported histograms hold the whole run).
+    """
+
+    WINDOW = 1024
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.bpps: List[float] = []
-        self.round_trips: List[float] = []
+        self.frames = 0
+        self.bpp_sum = 0.0
+        self.round_trips: Deque[float] = collections.deque(maxlen=self.WINDOW)
         self.last_print = 0.0
 
     def add(self, bpp: float, round_trip: Optional[float] = None) -> None:
-        self.bpps.append(bpp)
+        """Count one frame (and its round trip); redraw the line at most twice a second."""
+        self.frames += 1
+        self.bpp_sum += bpp
         if round_trip is not None:
             self.round_trips.append(round_trip)
         now = time.perf_counter()
@@ -137,8 +147,9 @@ class LiveLine:
             print(f"\r{self.text()}", end="", file=sys.stderr, flush=True)
 
     def text(self) -> str:
-        fps = len(self.bpps) / max(time.perf_counter() - self.start, 1e-9)
-        line = f"frames {len(self.bpps)}  {fps:.2f} fps  mean bpp {statistics.mean(self.bpps):.4f}"
+        """Frames, frames per second, mean bpp and the recent round-trip percentiles."""
+        fps = self.frames / max(time.perf_counter() - self.start, 1e-9)
+        line = f"frames {self.frames}  {fps:.2f} fps  mean bpp {self.bpp_sum / max(self.frames, 1):.4f}"
         if len(self.round_trips) >= 2:
             cuts = statistics.quantiles(self.round_trips, n=20)
             line += f"  round trip p50 {1e3 * statistics.median(self.round_trips):.0f} ms p95 {1e3 * cuts[18]:.0f} ms"
@@ -197,7 +208,7 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
     output = open(args.output, "w", encoding="utf-8") if args.output else None
 
     def on_result(outcome: FrameOutcome) -> None:
-        live.add(outcome.encoded.bpp, outcome.round_trip_seconds)
+        live.add(outcome.encoded.bpp, outcome.round_trip_seconds or None)
         record = _outcome_json(outcome)
         if output:
             output.write(json.dumps(record) + "\n")
@@ -218,11 +229,12 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
         if output:
             output.close()
     print(file=sys.stderr)
-    if not live.bpps:
+    if not live.frames:
         print("no frames were answered", file=sys.stderr)
         return 1
     print(f"{live.text()}; {stats.answered} answered, {stats.errors} with errors, {stats.dropped} dropped, "
-          f"{stats.reconnects} reconnects ({task.value}, {frame_codec.loaded.label})", file=sys.stderr)
+          f"{stats.not_sent} over the server's limits, {stats.resent} resent after busy, {stats.reconnects} "
+          f"reconnects ({task.value}, {frame_codec.loaded.label})", file=sys.stderr)
     return 0
 
 

@@ -11,9 +11,20 @@
 * When a stream breaks (server gone, draining, GOAWAY after its maximum connection age)
   its unanswered frames go back to the front of the unsent buffer and the stream
   reconnects with exponential backoff, so a file source loses no frame and gets exactly
-  one result per frame. A server away for longer than ``reconnect_budget`` seconds ends
-  the run with :class:`ServerUnreachableError`; a refusal that retrying cannot fix
-  (UNAUTHENTICATED, PERMISSION_DENIED, ...) ends it at once with :class:`AccessRefusedError`.
+  one result per frame. Frames the server answers with a per-frame RESOURCE_EXHAUSTED
+  (busy) or UNAVAILABLE (draining) go back too, after a backoff. Every other answer is
+  final: a frame the server could not process (a poison frame) is reported with its
+  error and counted, and the stream goes on. A frame that keeps breaking its stream
+  (:data:`MAX_ATTEMPTS` times) is given up with an error; a server that fails
+  :data:`FAILING_RUN` frames in a row ends the run with :class:`ServerFailingError`.
+* Frames the server's capabilities say it would refuse (too many bytes or pixels) are not
+  sent: they get a local RESOURCE_EXHAUSTED result. A task the server does not serve ends
+  the run before any frame is sent.
+* A server away (or busy) for longer than ``reconnect_budget`` seconds ends the run with
+  :class:`ServerUnreachableError`; a refusal that retrying cannot fix (UNAUTHENTICATED,
+  PERMISSION_DENIED, a failed TLS handshake, ...) ends it at once with
+  :class:`AccessRefusedError`.
+* State is bounded: no per-frame history is kept beyond the frames in flight.
 """
 
 from __future__ import annotations
@@ -35,7 +46,13 @@ from icmh.edge.connection import ClientSecurity, open_channel
 from icmh.edge.metrics import EdgeMetrics
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED}
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RESEND = {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], grpc.StatusCode.UNAVAILABLE.value[0]}  # per-frame, not final
+MAX_ATTEMPTS = 3  # streams a frame may break before it is given up
+FAILING_RUN = 20  # consecutive frames failed by the server (INTERNAL) that end the run
+# what the channel reports when a TLS connection fails in the handshake: words of the TLS library, or
+# "socket closed" (TLS 1.3: a server that wants a client certificate closes the connection after it)
+TLS_FAILURE = ("handshake", "ssl", "tls", "certificate", "socket closed")
 CREDENTIAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 FIRST_BACKOFF, MAX_BACKOFF = 0.2, 5.0
 _CALL_ENDED = (grpc.aio.AioRpcError, asyncio.InvalidStateError)  # what writing to a finished call raises
@@ -49,6 +66,10 @@ class AccessRefusedError(IcmhError):
     """The server refused this client (bad token, missing rights, a call it does not serve): no retry helps."""
 
 
+class ServerFailingError(IcmhError):
+    """The server failed every recent frame (INTERNAL): something is wrong with it, not with one frame."""
+
+
 @dataclass
 class PendingFrame:
     """A frame encoded at the edge, waiting to be sent or answered."""
@@ -56,6 +77,7 @@ class PendingFrame:
     frame_id: int
     encoded: EncodedFrame
     sent_at: float = 0.0
+    attempts: int = 0  # streams that broke while this frame was in flight
 
 
 @dataclass
@@ -77,7 +99,8 @@ class StreamStats:
     dropped: int = 0
     reconnects: int = 0
     errors: int = 0
-    round_trips: List[float] = field(default_factory=list)
+    resent: int = 0
+    not_sent: int = 0
 
 
 @dataclass
@@ -115,6 +138,11 @@ class FrameStreamer:
         self._source_done = False
         self._settled: Dict[int, Optional[FrameOutcome]] = {}  # answered (or dropped: None), not yet handed on
         self._next_result = 0
+        self._capabilities: Optional[pb.Capabilities] = None
+        self._pause_until = 0.0  # no frame is sent before this time (the server said it is busy)
+        self._busy_backoff = FIRST_BACKOFF
+        self._failed_in_a_row = 0
+        self._last_progress = time.monotonic()
 
     # -- producer -----------------------------------------------------------------------------
     async def _produce(self, frames: Iterator[EncodedFrame]) -> None:
@@ -124,6 +152,12 @@ class FrameStreamer:
             encoded = await loop.run_in_executor(None, next, frames, None)
             if encoded is None:
                 break
+            refusal = self._over_limits(encoded)
+            if refusal is not None:
+                self.stats.not_sent += 1
+                self._answer_locally(PendingFrame(frame_id, encoded), grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                frame_id += 1
+                continue
             async with self._changed:
                 if self.live and len(self._unsent) >= self.window:
                     self._settle(self._unsent.popleft().frame_id, None)
@@ -137,6 +171,26 @@ class FrameStreamer:
         async with self._changed:
             self._source_done = True
             self._changed.notify_all()
+
+    def _over_limits(self, encoded: EncodedFrame) -> Optional[str]:
+        """Why the server would refuse ``encoded`` for its size (from its capabilities), or ``None``."""
+        caps = self._capabilities
+        if caps is None:
+            return None
+        if caps.max_frame_bytes and len(encoded.data) > caps.max_frame_bytes:
+            return f"frame of {len(encoded.data)} bytes is over the server's limit of {caps.max_frame_bytes}: not sent"
+        if caps.max_pixels and encoded.height * encoded.width > caps.max_pixels:
+            return (f"frame of {encoded.width}×{encoded.height} pixels is over the server's limit of "
+                    f"{caps.max_pixels} pixels: not sent")
+        return None
+
+    def _answer_locally(self, item: PendingFrame, code: grpc.StatusCode, message: str) -> None:
+        """Settle ``item`` with an error result made here (the server never saw or finished it)."""
+        response = pb.InferResponse(frame_id=item.frame_id)
+        response.error.code, response.error.message = code.value[0], message
+        self.stats.errors += 1
+        self.metrics.count_dropped(self.task, "error")
+        self._settle(item.frame_id, FrameOutcome(item.frame_id, item.encoded, response, 0.0))
 
     def _finished(self) -> bool:
         return self._source_done and not self._unsent and not self._in_flight
@@ -165,6 +219,9 @@ class FrameStreamer:
                 lane.frame_ids.add(item.frame_id)
                 self.metrics.set_in_flight(len(self._in_flight))
                 self._changed.notify_all()
+            pause = self._pause_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             await call.write(pb.InferRequest(frame_id=item.frame_id, bitstream=item.encoded.data))
             self.stats.sent += 1
             self.metrics.count_sent(self.task, len(item.encoded.data))
@@ -181,11 +238,40 @@ class FrameStreamer:
                 self._changed.notify_all()
             elapsed = time.perf_counter() - item.sent_at
             lane.answered += 1
+            if response.HasField("error") and response.error.code in RESEND:
+                await self._resend_later(item, response.error.message)
+                continue
+            self._last_progress = time.monotonic()
+            self._busy_backoff = FIRST_BACKOFF
             self.stats.answered += 1
             self.stats.errors += response.HasField("error")
-            self.stats.round_trips.append(elapsed)
             self.metrics.observe_round_trip(self.task, elapsed)
+            self._check_failing(response)
             self._settle(item.frame_id, FrameOutcome(item.frame_id, item.encoded, response, elapsed))
+
+    async def _resend_later(self, item: PendingFrame, reason: str) -> None:
+        """Put a frame the server could not take now back in front, and hold all sending for a backoff."""
+        if time.monotonic() - self._last_progress > self.reconnect_budget:
+            raise ServerUnreachableError(f"the cloud server at {self.target} has answered no frame for over "
+                                         f"{self.reconnect_budget:.0f} s ({reason})")
+        self.stats.resent += 1
+        self._pause_until = time.monotonic() + self._busy_backoff
+        self._busy_backoff = min(2 * self._busy_backoff, MAX_BACKOFF)
+        async with self._changed:
+            self._unsent = collections.deque(sorted([item, *self._unsent], key=lambda pending: pending.frame_id))
+            if self.live and len(self._unsent) > self.window:
+                self._settle(self._unsent.popleft().frame_id, None)
+                self.stats.dropped += 1
+                self.metrics.count_dropped(self.task, "window_full")
+            self._changed.notify_all()
+
+    def _check_failing(self, response: pb.InferResponse) -> None:
+        """Count frames the server failed in a row; raise :class:`ServerFailingError` after :data:`FAILING_RUN`."""
+        failed = response.HasField("error") and response.error.code == grpc.StatusCode.INTERNAL.value[0]
+        self._failed_in_a_row = self._failed_in_a_row + 1 if failed else 0
+        if self._failed_in_a_row >= FAILING_RUN:
+            raise ServerFailingError(f"the cloud server at {self.target} failed the last {FAILING_RUN} frames "
+                                     f"({response.error.message}); stopping instead of sending more")
 
     async def _call(self, channel: grpc.aio.Channel, lane: _Lane) -> None:
         """One ``StreamInfer`` call until it ends; raises its ``AioRpcError`` if it fails."""
@@ -205,6 +291,13 @@ class FrameStreamer:
         async with self._changed:
             items = [self._in_flight.pop(frame_id) for frame_id in lane.frame_ids if frame_id in self._in_flight]
             lane.frame_ids.clear()
+            for item in items:
+                item.attempts += 1
+            for item in [item for item in items if item.attempts >= MAX_ATTEMPTS]:
+                items.remove(item)
+                self._answer_locally(item, grpc.StatusCode.INTERNAL,
+                                     f"the stream broke {item.attempts} times while this frame was in flight; "
+                                     f"given up")
             if items:
                 self._unsent = collections.deque(sorted([*items, *self._unsent], key=lambda item: item.frame_id))
             self.metrics.set_in_flight(len(self._in_flight))
@@ -254,20 +347,14 @@ class FrameStreamer:
         stub = pb_grpc.InferenceServiceStub(channel)
         request, metadata = pb.GetCapabilitiesRequest(), self.security.metadata()
         deadline = time.monotonic() + self.connect_timeout
-        try:
-            await asyncio.wait_for(channel.channel_ready(), self.connect_timeout)
-        except asyncio.TimeoutError:
-            reason = ""
-            try:  # fails fast, with the channel's last error (refused connection, TLS handshake, ...)
-                await stub.GetCapabilities(request, metadata=metadata, timeout=1)
-            except grpc.aio.AioRpcError as exc:
-                reason = f": {exc.details()}"
-            hint = " (check --tls-ca, --tls-cert/--tls-key and --tls-server-name)" if self.security.tls else ""
-            raise ServerUnreachableError(f"cannot reach the cloud server at {self.target} "
-                                         f"(waited {self.connect_timeout:.0f} s){reason}{hint}") from None
+        await self._wait_ready(channel, stub, deadline)
         while True:
             try:
-                await stub.GetCapabilities(request, metadata=metadata, timeout=max(deadline - time.monotonic(), 1.0))
+                self._capabilities = await stub.GetCapabilities(request, metadata=metadata,
+                                                                timeout=max(deadline - time.monotonic(), 1.0))
+                if self._capabilities.tasks and self.task not in self._capabilities.tasks:
+                    raise AccessRefusedError(f"the cloud server at {self.target} does not serve task {self.task!r} "
+                                             f"(it serves {', '.join(self._capabilities.tasks)})")
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
@@ -277,13 +364,45 @@ class FrameStreamer:
                                                  f"{exc.code().name}: {exc.details()}") from None
             await asyncio.sleep(FIRST_BACKOFF)
 
+    async def _wait_ready(self, channel: grpc.aio.Channel, stub: pb_grpc.InferenceServiceStub, deadline: float) -> None:
+        """Wait until the channel is ready; a TLS handshake that fails is reported at once.
+
+        Raises :class:`AccessRefusedError` (TLS handshake failed) or :class:`ServerUnreachableError`
+        (nothing answered before ``deadline``).
+        """
+        reason = ""
+        while time.monotonic() < deadline:
+            state = channel.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                return
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                try:  # fails fast, with the channel's last error (refused connection, TLS handshake, ...)
+                    await stub.GetCapabilities(pb.GetCapabilitiesRequest(), metadata=self.security.metadata(),
+                                               timeout=1)
+                    return
+                except grpc.aio.AioRpcError as exc:
+                    reason = f": {exc.details()}"
+                    if self.security.tls and any(word in exc.details().lower() for word in TLS_FAILURE):
+                        raise AccessRefusedError(
+                            f"the TLS handshake with the cloud server at {self.target} failed{reason} (check "
+                            f"--tls-ca, --tls-cert/--tls-key for a server that wants client certificates, and "
+                            f"--tls-server-name)") from None
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), max(0.05, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        hint = " (check --tls-ca, --tls-cert/--tls-key and --tls-server-name)" if self.security.tls else ""
+        raise ServerUnreachableError(f"cannot reach the cloud server at {self.target} "
+                                     f"(waited {self.connect_timeout:.0f} s){reason}{hint}")
+
     # -- public -------------------------------------------------------------------------------
     async def run(self, frames: Iterator[EncodedFrame]) -> StreamStats:
         """Stream every frame of ``frames``; returns the counts when all are answered.
 
         Raises :class:`ServerUnreachableError` if the server cannot be reached at the start
-        or stays away longer than the reconnect budget, and :class:`AccessRefusedError` if
-        it refuses this client (token, certificate rights).
+        or stays away (or busy) longer than the reconnect budget, :class:`AccessRefusedError`
+        if it refuses this client (token, certificate, a task it does not serve), and
+        :class:`ServerFailingError` if it fails :data:`FAILING_RUN` frames in a row.
         """
         async with open_channel(self.target, self.security, self.max_message_bytes) as channel:
             await self._connect(channel)

@@ -16,6 +16,10 @@ class BitstreamError(IcmhError):
     """A frame is malformed: truncated, corrupted, wrong magic, bad lengths, ..."""
 
 
+class FrameTooLargeError(BitstreamError):
+    """A frame is over a size limit of this decoder (bytes, pixels, width, height, aspect ratio)."""
+
+
 class UnsupportedVersionError(BitstreamError):
     """A frame was written in a container format version this decoder does not read."""
 

@@ -14,7 +14,8 @@ image shapes, batch sizes, thread count, adapter hash).
 
 Both ends load the bundled ``mbt2018-mean-tiny`` quality 1 weights; for a task other
 than ``human`` both add ``FrameCodec.add_random_adapters(task, seed=--adapter-seed)``,
-so they hold the same adapters (and the same adapter hash).
+so they hold the same adapters (and the same adapter hash). ``--encoder-path`` chooses
+how the encoder runs ``g_a`` (eager, compiled, int8); the decoder is always the standard one.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ CODEC = "mbt2018-mean-tiny"
 QUALITY = 1
 
 
-def open_codec(task: Task, adapter_seed: int) -> FrameCodec:
-    frame_codec = FrameCodec(load_base_codec(CODEC, QUALITY))
+def open_codec(task: Task, adapter_seed: int, encoder_path: str = "eager") -> FrameCodec:
+    frame_codec = FrameCodec(load_base_codec(CODEC, QUALITY), encoder_path=encoder_path)
     if task.uses_adapters:
         frame_codec.add_random_adapters(task, seed=adapter_seed)
     return frame_codec
@@ -48,7 +49,7 @@ def open_codec(task: Task, adapter_seed: int) -> FrameCodec:
 
 def encode(args: argparse.Namespace) -> None:
     task = Task.parse(args.task)
-    frame_codec = open_codec(task, args.adapter_seed)
+    frame_codec = open_codec(task, args.adapter_seed, args.encoder_path)
     names = json.loads(Path(args.manifest).read_text())
     frames_dir = args.work / "frames"
     frames_dir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def encode(args: argparse.Namespace) -> None:
         entries.append({"key": key, "image": str(path), "height": int(image.shape[-2]),
                         "width": int(image.shape[-1]), "frame_bytes": len(frame.data)})
     save_file(y_hats, str(args.work / "encoder_y_hat.safetensors"))
-    report = {"threads": torch.get_num_threads(), "task": task.value,
+    report = {"threads": torch.get_num_threads(), "task": task.value, "encoder_path": frame_codec.encoder_path,
               "adapter_hash": frame_codec.codec.adapter_hash(task).hex(), "images": entries}
     (args.work / "encoder.json").write_text(json.dumps(report, indent=1))
 
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--manifest", help="JSON list of image paths (encode)")
     parser.add_argument("--batch", type=int, default=6, help="frames per decode call (decode)")
     parser.add_argument("--adapter-seed", type=int, default=0)
+    parser.add_argument("--encoder-path", default="eager", help="how the encoder runs g_a (encode)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.mode == "encode":

@@ -26,7 +26,7 @@ from icmh.codec.bitstream import (
     pack_frame,
     parse_frame,
 )
-from icmh.errors import BitstreamError, UnsupportedVersionError
+from icmh.errors import BitstreamError, FrameTooLargeError, UnsupportedVersionError
 
 # Offsets of the fixed header fields (format version 1).
 OFF_VERSION = 4
@@ -99,7 +99,7 @@ def _reject(data: object, limits: Limits = DEFAULT_LIMITS) -> BitstreamError:
     with pytest.raises(BitstreamError) as info:
         parse_frame(data, limits)  # type: ignore[arg-type]
     error = info.value
-    assert type(error) in (BitstreamError, UnsupportedVersionError)
+    assert type(error) in (BitstreamError, UnsupportedVersionError, FrameTooLargeError)
     message = str(error)
     assert message, "empty error message"
     assert "\n" not in message and "\r" not in message, repr(message)
@@ -229,14 +229,14 @@ def bad_n_strings(draw: st.DrawFn) -> Case:
 def bad_height(draw: st.DrawFn) -> Case:
     _, _, data = draw(valid_frames())
     h = draw(st.one_of(st.just(0), st.integers(DEFAULT_LIMITS.max_height + 1, 2**16 - 1)))
-    return _patch(data, OFF_HEIGHT, "H", h), f"bad height {h}", BitstreamError
+    return _patch(data, OFF_HEIGHT, "H", h), f"bad height {h}", FrameTooLargeError if h else BitstreamError
 
 
 @st.composite
 def bad_width(draw: st.DrawFn) -> Case:
     _, _, data = draw(valid_frames())
     w = draw(st.one_of(st.just(0), st.integers(DEFAULT_LIMITS.max_width + 1, 2**16 - 1)))
-    return _patch(data, OFF_WIDTH, "H", w), f"bad width {w}", BitstreamError
+    return _patch(data, OFF_WIDTH, "H", w), f"bad width {w}", FrameTooLargeError if w else BitstreamError
 
 
 @st.composite
@@ -251,7 +251,7 @@ def too_many_pixels(draw: st.DrawFn) -> Case:
     out = _patch(out, OFF_WIDTH, "H", w)
     out = _patch(out, OFF_LATENT_H, "H", lh)
     out = _patch(out, OFF_LATENT_W, "H", lw)
-    return out, "max_pixels", BitstreamError
+    return out, "max_pixels", FrameTooLargeError
 
 
 @st.composite
@@ -318,8 +318,8 @@ def _check_case(case: Case) -> None:
     if error_type is UnsupportedVersionError:
         assert isinstance(error, UnsupportedVersionError)
     elif fragment is not None:
-        # Only a wrong version may raise the subclass.
-        assert type(error) is BitstreamError, (type(error), str(error))
+        # Only a wrong version and a limit (RESOURCE_EXHAUSTED in the service) raise a subclass.
+        assert type(error) is error_type, (type(error), str(error))
     if fragment is not None:
         assert fragment in str(error), (fragment, str(error))
 

@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from icmh.codec.bitstream import HEADER_SIZE, MAGIC, FrameHeader, pack_frame, parse_frame
+from icmh.codec.bitstream import DEFAULT_LIMITS, HEADER_SIZE, MAGIC, FrameHeader, pack_frame, parse_frame
 from icmh.errors import (
     AdapterMismatchError,
     BitstreamError,
+    FrameTooLargeError,
     CodecMismatchError,
     IcmhError,
     IndexMismatchError,
@@ -253,6 +254,8 @@ def test_valid_crc_frames_with_garbage_header_and_strings_fail_cleanly_or_decode
     # The error must be the one the header calls for (checked in FrameCodec.parse's order).
     if len(strings) != 2:
         assert isinstance(error, BitstreamError), error
+    elif max(height, width) > DEFAULT_LIMITS.max_aspect * min(height, width):
+        assert isinstance(error, FrameTooLargeError) and "max_aspect" in str(error), error
     elif (header.codec_id, header.quality) != (real.codec_id, real.quality) or header.base_hash != real.base_hash:
         assert isinstance(error, CodecMismatchError), error
     elif task_id > 3:
@@ -300,5 +303,7 @@ def test_real_strings_under_another_latent_size_fail_cleanly_or_decode_to_header
     decoded, error = decode_or_error(codec, pack_frame(header, list(frame.strings)))
     if error is None:
         check_decoded(decoded, header)
+    elif max(height, width) > DEFAULT_LIMITS.max_aspect * min(height, width):
+        assert isinstance(error, FrameTooLargeError) and "max_aspect" in str(error), error
     else:
         assert isinstance(error, IndexMismatchError), error

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icmh.codec.bitstream import pack_frame, parse_frame
-from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
+from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, FrameTooLargeError, InvalidInputError
 from icmh.codec.frame_codec import FrameCodec
 from icmh.images import load_image
 from icmh.tasks import Task
@@ -93,7 +93,9 @@ def test_unknown_task_id_is_a_bitstream_error(tiny):
 
 
 def test_images_over_the_size_limits_are_refused_before_encoding(tiny):
-    with pytest.raises(InvalidInputError, match="outside the limits"):
+    with pytest.raises(FrameTooLargeError, match="bad height 5000: must be 1..4096"):
         tiny.encode([torch.zeros(3, 5000, 8)], Task.HUMAN)
+    with pytest.raises(FrameTooLargeError, match="more elongated than 32:1"):
+        tiny.encode([torch.zeros(3, 4, 4000)], Task.HUMAN)
     with pytest.raises(InvalidInputError, match="expected a 3×H×W RGB image"):
         tiny.encode([torch.zeros(1, 8, 8)], Task.HUMAN)

@@ -14,6 +14,8 @@ from typing import Dict, Iterator, List, Tuple
 
 import grpc
 import pytest
+
+from icmh.errors import InvalidInputError
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -297,7 +299,7 @@ def test_metrics_server_reports_its_port_and_refuses_bad_ports():
     try:
         port = server.server_port
         assert 0 < port < 65536 and thread.is_alive()
-        with pytest.raises(OSError):
+        with pytest.raises(InvalidInputError, match=f"cannot serve metrics on 127.0.0.1:{port}: .*--metrics-port"):
             start_metrics_server(port, registry)
     finally:
         stop_metrics_server(server, thread)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 
 import grpc
@@ -203,6 +204,17 @@ def test_edge_client_streams_over_mutual_tls_with_a_token_from_the_environment(s
     assert done.returncode == 0, done.stderr
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["frame_id"] for r in results] == [0, 1] and all("result" in r for r in results)
+
+
+def test_edge_client_without_a_client_certificate_reports_the_failed_handshake_at_once(servers, pki):
+    """Before: a refused mutual-TLS handshake looked like "socket closed" after --connect-timeout."""
+    started = time.monotonic()
+    done = _edge("--demo", "--frames", "1", "--task", "human", *TINY, "--random-weights",
+                 "--server", f"127.0.0.1:{servers['mtls'].port}", "--tls-ca", str(pki.ca),
+                 "--tls-server-name", "localhost", "--connect-timeout", "120", env={"ICMH_TOKEN": ENV_TOKENS[1]})
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("!!!")]
+    assert done.returncode == 2 and lines[-1].startswith("error: the TLS handshake"), done.stderr
+    assert time.monotonic() - started < 60  # well before the 120 s connect timeout
 
 
 @pytest.mark.parametrize("argv, fragment", [

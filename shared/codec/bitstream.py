@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from icmh.errors import BitstreamError, UnsupportedVersionError
+from icmh.errors import BitstreamError, FrameTooLargeError, UnsupportedVersionError
 from icmh.hashing import ADAPTER_ID_BYTES, FINGERPRINT_BYTES
 
 __all__ = [
@@ -86,8 +86,10 @@ class Limits:
     """Upper bounds the parser enforces before it trusts any field of a frame.
 
     ``max_frame_bytes`` bounds the whole serialized frame, ``max_height`` /
-    ``max_width`` / ``max_pixels`` bound the image size and ``max_strings`` the number
-    of entropy-coded strings (at most 255, the range of the u8 field).
+    ``max_width`` / ``max_pixels`` / ``max_aspect`` (long side over short side) bound the
+    image size and ``max_strings`` the number of entropy-coded strings (at most 255, the
+    range of the u8 field). The defaults are the container's; a server sets its own pixel
+    budget (``cloud-server --max-pixels``).
     """
 
     max_frame_bytes: int = 16 * 1024 * 1024
@@ -95,6 +97,7 @@ class Limits:
     max_width: int = 4096
     max_pixels: int = 3840 * 2160
     max_strings: int = 4
+    max_aspect: int = 32
 
     def __post_init__(self) -> None:
         """Reject limits that no frame could satisfy.
@@ -102,7 +105,7 @@ class Limits:
         Raises:
             ValueError: a limit is not a positive int, or ``max_strings`` exceeds 255.
         """
-        for name in ("max_frame_bytes", "max_height", "max_width", "max_pixels", "max_strings"):
+        for name in ("max_frame_bytes", "max_height", "max_width", "max_pixels", "max_strings", "max_aspect"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, got {value!r}")
@@ -299,7 +302,7 @@ def parse_frame(
         with outer:
             size = outer.nbytes
             if size > limits.max_frame_bytes:
-                raise BitstreamError(
+                raise FrameTooLargeError(
                     f"frame is {size} bytes, over the limit of {limits.max_frame_bytes} "
                     "bytes (max_frame_bytes)"
                 )
@@ -320,6 +323,22 @@ def parse_frame(
         raise
     except Exception as exc:  # safety net: nothing but BitstreamError may escape
         raise BitstreamError(f"malformed frame ({type(exc).__name__})") from exc
+
+
+def check_image_size(height: int, width: int, limits: Limits, *, aspect: bool = False) -> None:
+    """Raise :class:`BitstreamError` for a zero size and :class:`FrameTooLargeError` for a size
+    over ``limits`` (height, width, pixels; with ``aspect`` also the aspect ratio, which the
+    frame codec checks and the container itself does not)."""
+    for name, value, limit in (("height", height, limits.max_height), ("width", width, limits.max_width)):
+        if not 1 <= value <= limit:
+            error = BitstreamError if value < 1 else FrameTooLargeError
+            raise error(f"bad {name} {value}: must be 1..{limit} (max_{name})")
+    if height * width > limits.max_pixels:
+        raise FrameTooLargeError(
+            f"image of {height}x{width} pixels is over the limit of {limits.max_pixels} pixels (max_pixels)")
+    if aspect and max(height, width) > limits.max_aspect * min(height, width):
+        raise FrameTooLargeError(
+            f"image of {height}x{width} pixels is more elongated than {limits.max_aspect}:1 (max_aspect)")
 
 
 def _parse_view(mv: memoryview, size: int, limits: Limits) -> Frame:
@@ -397,17 +416,7 @@ def _parse_view(mv: memoryview, size: int, limits: Limits) -> Frame:
         raise BitstreamError("bad codec_id 0: codec ids start at 1")
     if quality == 0:
         raise BitstreamError("bad quality 0: qualities start at 1")
-    if not 1 <= height <= limits.max_height:
-        raise BitstreamError(
-            f"bad height {height}: must be 1..{limits.max_height} (max_height)"
-        )
-    if not 1 <= width <= limits.max_width:
-        raise BitstreamError(f"bad width {width}: must be 1..{limits.max_width} (max_width)")
-    if height * width > limits.max_pixels:
-        raise BitstreamError(
-            f"image of {height}x{width} pixels is over the limit of {limits.max_pixels} "
-            "pixels (max_pixels)"
-        )
+    check_image_size(height, width, limits)
     want_h, want_w = latent_shape(height, width)
     if (latent_h, latent_w) != (want_h, want_w):
         raise BitstreamError(

@@ -18,10 +18,14 @@ import torch
 from torch import Tensor
 
 from icmh.codec.adapter_checkpoint import AdapterMetadata, load_adapters
-from icmh.codec.bitstream import DEFAULT_LIMITS, Frame, FrameHeader, Limits, bits_per_pixel, pack_frame, parse_frame
+from icmh.codec.bitstream import (DEFAULT_LIMITS, Frame, FrameHeader, Limits, bits_per_pixel, check_image_size,
+                                  pack_frame, parse_frame)
 from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
 from icmh.images import pad_to_block
-from icmh.models.adapted import AdaptedCodec, AdapterConfig
+from icmh.models.adapted import AdaptedCodec, AdapterConfig, hyper_analysis
+from icmh.models.adapters import parameter_versions
+from icmh.models.encoder_paths import EAGER, INT8, Analysis, build_analysis, check_encoder_path, synthetic_images
+from icmh.models.latent_coding import CodedLatents
 from icmh.tasks import Task
 from icmh.codec.weights import LoadedCodec
 from icmh.seeding import seeded
@@ -67,12 +71,25 @@ ImageBatch = Union[Tensor, Sequence[Tensor]]
 class FrameCodec:
     """Encode images to frames and decode frames to images for one base codec + adapters."""
 
-    def __init__(self, loaded: LoadedCodec, device: str = "cpu", limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, loaded: LoadedCodec, device: str = "cpu", limits: Limits = DEFAULT_LIMITS,
+                 encoder_path: str = EAGER, calibration: Sequence[Tensor] = ()) -> None:
+        """``encoder_path``: how ``g_a`` runs when encoding (:mod:`icmh.models.encoder_paths`; the
+        decoder is the same for all); ``calibration``: N×3×H×W batches for ``int8`` (default:
+        synthetic images). Raises :class:`InvalidInputError` for an unknown path, or one
+        other than ``eager`` off the CPU.
+        """
         self.loaded = loaded
         self.device = torch.device(device)
         self.limits = limits
+        self.encoder_path = check_encoder_path(encoder_path)
+        if encoder_path != EAGER and self.device.type != "cpu":
+            raise InvalidInputError(f"the {encoder_path} encoder path runs on the CPU; use --device cpu or --encoder eager")
+        self.calibration = list(calibration) or (synthetic_images() if encoder_path == INT8 else [])
         self.codec = AdaptedCodec(loaded.model, loaded.spec, loaded.quality).to(self.device)
+        for transform in (self.codec.base.g_a, self.codec.base.g_s):
+            transform.register_forward_pre_hook(_channels_last)
         self.adapter_metadata: Dict[Task, AdapterMetadata] = {}
+        self._analyses: Dict[Task, Tuple[Tuple, Analysis]] = {}
 
     # -- adapters ---------------------------------------------------------------------------
     def load_adapters(self, path: Path, task: Optional[Task] = None) -> AdapterMetadata:
@@ -97,7 +114,7 @@ class FrameCodec:
         for image in images:
             if image.dim() != 3 or image.shape[0] != 3:
                 raise InvalidInputError(f"expected a 3×H×W RGB image, got shape {tuple(image.shape)}")
-            self._check_size(*image.shape[-2:])
+            check_image_size(int(image.shape[-2]), int(image.shape[-1]), self.limits, aspect=True)
         out: List[Optional[EncodedFrame]] = [None] * len(images)
         groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
         for i, image in enumerate(images):
@@ -106,26 +123,43 @@ class FrameCodec:
         with self.codec.use(task):
             for (height, width), members in groups.items():
                 batch = torch.stack([images[i] for i in members]).to(self.device, torch.float32)
-                coded = self.codec.compress(pad_to_block(batch))
-                y_strings, z_strings = coded["strings"]
+                coded = self._compress(pad_to_block(batch), task)
                 for k, i in enumerate(members):
                     header = FrameHeader(
                         codec_id=self.loaded.spec.wire_id, quality=self.loaded.quality, task_id=task.wire_id,
                         height=height, width=width, adapter_hash=adapter_hash,
-                        base_hash=self.loaded.fingerprint, index_check=coded["index_checks"][k],
+                        base_hash=self.loaded.fingerprint, index_check=coded.index_checks[k],
                     )
-                    data = pack_frame(header, [y_strings[k], z_strings[k]], self.limits)
-                    out[i] = EncodedFrame(data, height, width, task, coded["y_hat"][k])
+                    data = pack_frame(header, [coded.y_strings[k], coded.z_strings[k]], self.limits)
+                    out[i] = EncodedFrame(data, height, width, task, coded.y_hat[k])
         return out  # type: ignore[return-value]
 
-    def _check_size(self, height: int, width: int) -> None:
-        limits = self.limits
-        if not (1 <= height <= limits.max_height and 1 <= width <= limits.max_width
-                and height * width <= limits.max_pixels):
-            raise InvalidInputError(
-                f"image size {width}×{height} is outside the limits (max {limits.max_width}×"
-                f"{limits.max_height}, {limits.max_pixels} pixels)"
-            )
+    @torch.no_grad()
+    def _compress(self, x: Tensor, task: Task) -> CodedLatents:
+        """Entropy-code ``x`` (padded) with ``task``'s adapters active; ``g_a`` on this codec's encoder path."""
+        y = self.analysis(task)(x)
+        return self.codec.latent_coder.compress(y, hyper_analysis(self.codec.base, self.loaded.spec.latent_coder, y))
+
+    def analysis(self, task: Task) -> Analysis:
+        """``g_a`` with ``task``'s encoder adapters, on this codec's encoder path: ``analysis(x) -> y``.
+
+        ORT paths are built (exported, quantised) at the first call for a task and again
+        whenever its adapter weights change. For ``eager`` it is ``g_a`` itself, whose hooks
+        apply the adapters of the task selected with ``codec.use(task)``. Raises
+        :class:`AdapterMismatchError` when ``task`` has no adapters here.
+        """
+        g_a = self.codec.base.g_a
+        if self.encoder_path == EAGER:
+            return g_a  # the codec's hooks apply the active task's adapters
+        adapter_set = self.codec.adapter_set(task) if task.uses_adapters else None
+        key = parameter_versions(adapter_set) if adapter_set is not None else ()
+        cached = self._analyses.get(task)
+        if cached is None or cached[0] != key:
+            adapters = None if adapter_set is None else [adapter_set.adapter_at("encoder", i) for i in range(len(g_a))]
+            with self.codec.use(Task.HUMAN):  # the program applies the adapters itself, not the hooks
+                analysis = build_analysis(self.encoder_path, g_a, adapters, self.calibration)
+            self._analyses[task] = (key, analysis)
+        return self._analyses[task][1]
 
     # -- decode -----------------------------------------------------------------------------
     def parse(self, data: bytes) -> Tuple[Frame, Task]:
@@ -137,6 +171,7 @@ class FrameCodec:
         """
         frame = parse_frame(data, self.limits)
         header = frame.header
+        check_image_size(header.height, header.width, self.limits, aspect=True)
         spec = self.loaded.spec
         if len(frame.strings) != N_STRINGS:
             raise BitstreamError(f"frame has {len(frame.strings)} strings, {spec.name} frames have {N_STRINGS}")
@@ -183,3 +218,8 @@ class FrameCodec:
                 image = result["x_hat"][k, :, :height, :width]
                 out[i] = DecodedFrame(image, headers[k], task, parsed[i][0].size_bytes, result["y_hat"][k])
         return out  # type: ignore[return-value]
+
+
+def _channels_last(_module: torch.nn.Module, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """Forward pre-hook: the transforms run fastest in channels-last memory (oneDNN)."""
+    return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)

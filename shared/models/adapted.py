@@ -88,6 +88,7 @@ class AdaptedCodec(nn.Module):
         self.base.requires_grad_(False)
         self.base.eval()
         self.adapters = nn.ModuleDict()
+        self._adapter_ids: Dict[str, Tuple[tuple, bytes]] = {}  # task -> (weights' versions, id)
         self._task: Task = Task.HUMAN
         self.latent_coder = build_latent_coder(spec.latent_coder, base)
         for index in spec.encoder_taps:
@@ -146,10 +147,20 @@ class AdaptedCodec(nn.Module):
         return self.adapters[self._task.value] if self._task.uses_adapters else None
 
     def adapter_hash(self, task: Task) -> bytes:
-        """The 8-byte adapter id written into frame headers (zeros for ``human``)."""
+        """The 8-byte adapter id written into frame headers (zeros for ``human``).
+
+        Computed once per state of the weights: the cache is keyed by the tensors' version
+        counters, which every in-place change (an optimizer step, ``load_state_dict``) bumps.
+        """
         if not task.uses_adapters:
-            return bytes(8)
-        return short_digest(self.adapter_set(task).state_dict(), ADAPTER_ID_BYTES)
+            return bytes(ADAPTER_ID_BYTES)
+        adapter_set = self.adapter_set(task)
+        versions = tuple((id(t), t._version) for t in adapter_set.state_dict(keep_vars=True).values())
+        cached = self._adapter_ids.get(task.value)
+        if cached is None or cached[0] != versions:
+            cached = (versions, short_digest(adapter_set.state_dict(), ADAPTER_ID_BYTES))
+            self._adapter_ids[task.value] = cached
+        return cached[1]
 
     def train(self, mode: bool = True) -> "AdaptedCodec":
         """Switch the adapters' mode; the frozen base codec always stays in eval mode."""

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor, nn
 
-from icmh.errors import IndexMismatchError
+from icmh.errors import BitstreamError, IndexMismatchError
 from icmh.models.registry import AUTOREGRESSIVE, MEAN_SCALE_HYPERPRIOR, SCALE_HYPERPRIOR
 
 EXACT = torch.float64
@@ -77,13 +77,26 @@ class _CdfTables:
         return torch.tensor(values, dtype=torch.int64).reshape(indexes.shape)
 
 
+MAX_BYTES_PER_SYMBOL = 8  # an encoder never writes more: a symbol plus the bypass chunks of an int32 value
+
+
 def padded_stream(string: bytes, n_symbols: int) -> bytes:
     """Return ``string`` followed by enough zero bytes that no decode can read past it.
 
+    Raises :class:`BitstreamError` for a string longer than any encoder writes for
+    ``n_symbols`` symbols (:data:`MAX_BYTES_PER_SYMBOL` each), so the padding — and the
+    memory a frame can make the decoder allocate — stays proportional to its latent.
+
     Per symbol the rANS decoder reads at most one 32-bit word once it is in the zero
-    padding; escape (bypass) runs are bounded by the bits of the real string.
+    padding (8 bytes per symbol below). A bypass run reads 4-bit chunks: its length is a sum
+    of chunks taken from the stream, so the chunks of all runs together come from at most
+    ``2·len(string)`` nibbles of real data, each adding at most 15 chunks to read from the
+    zeros: ``30·len(string)`` nibbles, 16 bytes per string byte with room to spare.
     """
-    return bytes(string) + bytes(8 * n_symbols + 128 * len(string) + 64)
+    if len(string) > MAX_BYTES_PER_SYMBOL * n_symbols + 64:
+        raise BitstreamError(f"entropy-coded string of {len(string)} bytes is longer than any encoder writes for "
+                             f"{n_symbols} symbols")
+    return bytes(string) + bytes(8 * n_symbols + 16 * len(string) + 64)
 
 
 @dataclass

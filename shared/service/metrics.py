@@ -23,6 +23,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from icmh.service.status import STATUS_BY_NUMBER
+from icmh.errors import InvalidInputError
 from icmh.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -153,11 +154,15 @@ def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "12
 
     Raises:
         ValueError: ``port`` is not an int in 0..65535.
-        OSError: the address cannot be bound (port in use, no such interface).
+        InvalidInputError: the address cannot be bound (port in use, no such interface).
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"metrics port must be an int in 0..65535, got {port!r}")
-    server, thread = start_http_server(port, addr=addr, registry=registry)
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc} "
+                                f"(another process uses the port? pick another --metrics-port)") from None
     return server, thread
 
 
