@@ -45,8 +45,8 @@ def add_weight_options(parser: argparse.ArgumentParser, *, adapters: bool = True
                             help="adapter checkpoint (.safetensors) of a task, or a folder of them; repeatable")
 
 
-def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = False) -> None:
-    """Add ``--codec``, ``--quality`` and ``--encoder`` plus :func:`add_weight_options`."""
+def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = False, encoder: bool = True) -> None:
+    """Add ``--codec``, ``--quality`` and (for commands that encode) ``--encoder``, plus :func:`add_weight_options`."""
     default = default_codec()
     parser.add_argument("--codec", default=default, choices=sorted(CODECS),
                         help=f"base codec (default here: {default}; mbt2018-mean where its CompressAI zoo weights "
@@ -54,10 +54,11 @@ def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = Fa
     parser.add_argument("--quality", type=int, default=None,
                         help="quality level of the base codec (default: the codec's own, e.g. 3 for mbt2018-mean, "
                              "2 for mbt2018-mean-small)")
-    parser.add_argument("--encoder", default=EAGER, choices=ENCODER_PATHS,
-                        help="how the analysis transform runs when encoding: eager (PyTorch), compiled (ONNX Runtime, "
-                             "float32) or int8 (ONNX Runtime, 8-bit, calibrated on training photos; slightly larger "
-                             "frames); every frame decodes exactly whatever the encoder (default: eager)")
+    if encoder:
+        parser.add_argument("--encoder", default=EAGER, choices=ENCODER_PATHS,
+                            help="how the analysis transform runs when encoding: eager (PyTorch), compiled (ONNX "
+                                 "Runtime, float32) or int8 (ONNX Runtime, 8-bit, ~0.6 %% larger frames at equal "
+                                 "quality); every frame decodes exactly whatever the encoder (default: eager)")
     add_weight_options(parser, task_models=task_models)
 
 

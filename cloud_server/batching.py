@@ -76,11 +76,12 @@ class FrameBatcher:
             job.cancelled = lambda: future.cancelled() or cancelled()
             self._queue.append((job, future, loop))
             self._lock.notify()
+        self._publish()
+        return await future
+
+    def _publish(self) -> None:
+        """Set the pending-frames gauge to the frames queued or running now."""
         self.pipeline.metrics.set_pending(self.pending)
-        try:
-            return await future
-        finally:
-            self.pipeline.metrics.set_pending(self.pending)
 
     def _take(self) -> Optional[List[Tuple[Job, asyncio.Future, asyncio.AbstractEventLoop]]]:
         """The next batch (waiting up to ``max_wait`` for it to fill), or ``None`` when stopping."""
@@ -90,6 +91,7 @@ class FrameBatcher:
                     return None
                 self._lock.wait()
             batch = [self._queue.popleft()]
+            self._running += 1  # counted at once: submit() must see it while this batch fills
             key = batch[0][0].key
             deadline = time.monotonic() + self.max_wait
             while len(batch) < self.max_batch:
@@ -97,11 +99,11 @@ class FrameBatcher:
                 for entry in same:
                     self._queue.remove(entry)
                 batch += same
+                self._running += len(same)
                 remaining = deadline - time.monotonic()
                 if len(batch) >= self.max_batch or remaining <= 0 or self._draining:
                     break
                 self._lock.wait(remaining)
-            self._running += len(batch)
             return batch
 
     def _work(self) -> None:
@@ -116,6 +118,7 @@ class FrameBatcher:
             finally:
                 with self._lock:
                     self._running -= len(batch)
+                self._publish()
             for (_, future, loop), response in zip(batch, responses):
                 loop.call_soon_threadsafe(_resolve, future, response)
 
@@ -127,6 +130,7 @@ class FrameBatcher:
             waiting = list(self._queue)
             self._queue.clear()
             self._lock.notify_all()
+        self._publish()
         for job, future, loop in waiting:
             response = error_response(job.frame_id, grpc.StatusCode.UNAVAILABLE,
                                       "server draining: send the frame to another server")

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", type=Path, help="offline mode: folder for PNGs and results.jsonl")
     add_task_model_options(parser, several=True)
     add_security_options(parser)
-    add_codec_options(parser, task_models=True)
+    add_codec_options(parser, task_models=True, encoder=False)
     return parser
 
 

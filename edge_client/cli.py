@@ -38,6 +38,17 @@ from icmh.edge.sources import open_source
 from icmh.edge.streaming import FrameOutcome, FrameStreamer, StreamStats
 
 
+def frame_size(text: str) -> tuple:
+    """argparse type: ``WxH`` (e.g. ``640x360``) as ``(height, width)``."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 640x360") from None
+    if not (16 <= width <= 4096 and 16 <= height <= 4096):
+        raise argparse.ArgumentTypeError(f"{text!r}: each side must be 16..4096 pixels")
+    return height, width
+
+
 SERVER_ENV = "ICMH_SERVER"
 DEFAULT_SERVER = "localhost:50051"
 
@@ -60,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--video", type=Path, metavar="FILE", help="video file")
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     source.add_argument("--demo", action="store_true", help="built-in moving scene (default; needs nothing)")
+    parser.add_argument("--demo-size", type=frame_size, default=None, metavar="WxH",
+                        help="size of the demo scene's frames (default 640x360)")
     parser.add_argument("--task", default=Task.DETECTION.value, help="human, detection, segmentation or "
                         "classification (default: detection)")
     parser.add_argument("--frames", type=positive_int, default=None, help="stop after N frames (demo default: 16)")
@@ -116,7 +129,7 @@ def _source(args: argparse.Namespace):
         return open_source("video", args.video, args.frames)
     if args.images is not None:
         return open_source("images", args.images, args.frames)
-    return open_source("demo", None, args.frames or 16)
+    return open_source("demo", args.demo_size, args.frames or 16)
 
 
 class LiveLine:

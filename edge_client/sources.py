@@ -90,7 +90,7 @@ def camera_frames(index: int, limit: Optional[int] = None) -> Iterator[Tensor]:
 
 
 SOURCES: Dict[str, Callable[..., Iterator[Tensor]]] = {
-    "demo": lambda _arg, limit: demo_frames(limit),
+    "demo": lambda size, limit: demo_frames(limit, size or DEMO_SIZE),
     "images": image_folder_frames,
     "video": video_frames,
     "camera": camera_frames,

@@ -2,7 +2,7 @@
 # Train the bundled mbt2018-mean-small codec at every quality (the recipe of shared/weights/).
 #
 #   scripts/train_codec_ladder.sh            # runs (or resumes) every step below, in order
-#   RUNS=runs/codec STEPS_ANCHOR=16000 STEPS_FINETUNE=2500 scripts/train_codec_ladder.sh
+#   RUNS=runs/codec STEPS_ANCHOR=12000 STEPS_FINETUNE=1500 scripts/train_codec_ladder.sh
 #
 # Quality 2 (λ = 0.0067) is trained from scratch; every other quality is fine-tuned from its
 # neighbour towards it (1 and 3 from 2, 4 from 3). Each run keeps
@@ -13,8 +13,8 @@
 set -euo pipefail
 BIN="${VENV:-.venv}/bin"
 RUNS="${RUNS:-runs/codec}"
-STEPS_ANCHOR="${STEPS_ANCHOR:-16000}"
-STEPS_FINETUNE="${STEPS_FINETUNE:-2500}"
+STEPS_ANCHOR="${STEPS_ANCHOR:-12000}"
+STEPS_FINETUNE="${STEPS_FINETUNE:-1500}"
 COMMON=(--codec mbt2018-mean-small --crop 256 --batch-size 8 --amp "${AMP:-bf16}" --checkpoint-every 250)
 LAMBDA=([1]=0.0018 [2]=0.0067 [3]=0.0250 [4]=0.0483)  # shared/models/registry.py SMALL_LAMBDAS
 mkdir -p "$RUNS"

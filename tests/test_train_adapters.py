@@ -90,7 +90,7 @@ def test_train_lowers_loss_touches_only_adapters_and_checkpoint_loads(training_d
     # the checkpoint serves frames through the shared loader
     frame_codec = open_frame_codec(CodecOptions(codec=CODEC, quality=1, adapters=[out]), [Task.DETECTION])
     image = torch.rand(3, 64, 96)
-    encoded = frame_codec.encode([image], Task.DETECTION)[0]
+    encoded = frame_codec.encode([image], Task.DETECTION, keep_latents=True)[0]
     decoded = frame_codec.decode([encoded.data])[0]
     assert decoded.task is Task.DETECTION
     assert torch.equal(decoded.y_hat.cpu(), encoded.y_hat.cpu())

@@ -7,7 +7,9 @@ import torch
 
 from icmh.errors import InvalidInputError, WeightsMissingError
 from icmh.models.registry import get_codec
-from icmh.codec.weights import codec_fingerprint, load_base_codec, zoo_file_name
+from safetensors import safe_open
+
+from icmh.codec.weights import codec_fingerprint, load_base_codec, save_codec_weights, zoo_file_name
 from icmh.hub import checkpoints_dir as hub_checkpoints_dir
 
 
@@ -100,3 +102,22 @@ def test_unknown_codec_and_quality_are_clear_errors():
         load_base_codec("jpeg-ai", 1)
     with pytest.raises(InvalidInputError, match=r"cheng2020-anchor has no quality 7 \(valid: 1, 2, 3, 4, 5, 6\)"):
         load_base_codec("cheng2020-anchor", 7)
+
+
+def test_saved_codecs_keep_their_constant_buffers(tmp_path):
+    """Learned parameters ship as float16; the bounds stay exact (a float16 likelihood
+    bound of 0 once let adapter training take log(0) and diverge)."""
+    fresh = get_codec("mbt2018-mean-tiny").build(1)
+    bundled = load_base_codec("mbt2018-mean-tiny", 1).model  # a file written with float16 buffers
+    for name, buffer in fresh.named_buffers():
+        if buffer.is_floating_point() and buffer.numel():
+            assert torch.equal(dict(bundled.named_buffers())[name], buffer), name
+    assert bundled.gaussian_conditional.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+
+    path = tmp_path / "codec.safetensors"
+    save_codec_weights(bundled, path)
+    with safe_open(str(path), "pt") as stored:
+        assert stored.get_tensor("g_a.0.weight").dtype == torch.float16
+        assert stored.get_tensor("gaussian_conditional.likelihood_lower_bound.bound").item() == pytest.approx(1e-9)
+    reloaded = load_base_codec("mbt2018-mean-tiny", 1, weights=path)
+    assert codec_fingerprint(reloaded.model) == codec_fingerprint(bundled)

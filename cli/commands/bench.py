@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,14 @@ from icmh.models.registry import get_codec
 from icmh.paths import default_data_dir
 from icmh.tasks import Task
 
-from icmh.cli.commands import bench_grpc, bench_models, bench_train
+from icmh.cli.commands import bench_models, bench_serve, bench_train
 
 BENCH_SIZE = (512, 768)  # H, W of a landscape Kodak image
 FPS_SIZES = {"640x480": (480, 640), "1280x720": (720, 1280)}
 MATMUL_SIZE = 2048
 ADAPTED = Task.DETECTION  # the task whose (trained or random) adapters are timed
+
+Runs = Dict[str, Callable[[], object]]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"encoder paths to time, comma-separated (default: {','.join(ENCODER_PATHS)})")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(func=run_codec)
-    bench_grpc.register(benches)
+    bench_serve.register(benches)
     bench_train.register(benches)
     bench_models.register(benches)
 
@@ -81,7 +83,8 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+@torch.no_grad()
+def time_interleaved(fns: Runs, repeats: int) -> Dict[str, float]:
     """Median milliseconds of each of ``fns`` after one warm-up call; the calls alternate repeat by repeat."""
     for fn in fns.values():
         fn()
@@ -95,7 +98,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> D
 def matmul_rates(repeats: int) -> Dict[str, float]:
     """GMAC/s of a 2048×2048 float32 matrix multiply: PyTorch's and (if installed) ONNX Runtime's."""
     a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    runs: Dict[str, Callable[[], object]] = {"torch": lambda: a @ b}
+    runs: Runs = {"torch": lambda: a @ b}
     try:
         runs["onnxruntime"] = _ort_matmul(a.numpy(), b.numpy())
     except ImportError:
@@ -150,7 +153,7 @@ def open_coders(args: argparse.Namespace, paths: Sequence[str]) -> Coders:
 
 def time_codecs(coders: Coders, images: Sequence[torch.Tensor], repeats: int) -> Dict[str, Dict[str, float]]:
     """Encode and decode milliseconds (median over images and repeats) and bpp of stock and every path × task."""
-    rows = {"stock": {}} | {f"{path}/{task.value}": {} for path in coders.codecs for task in (Task.HUMAN, ADAPTED)}
+    rows = ["stock"] + [f"{path}/{task.value}" for path in coders.codecs for task in (Task.HUMAN, ADAPTED)]
     times: Dict[str, Dict[str, List[float]]] = {row: {"encode_ms": [], "decode_ms": []} for row in rows}
     bpp: Dict[str, List[float]] = {row: [] for row in rows}
     for image in images:
@@ -163,7 +166,8 @@ def time_codecs(coders: Coders, images: Sequence[torch.Tensor], repeats: int) ->
             | {"bpp": statistics.mean(bpp[row])} for row in rows}
 
 
-def _per_image_runs(coders: Coders, image: torch.Tensor, bpp: Dict[str, List[float]]):
+def _per_image_runs(coders: Coders, image: torch.Tensor, bpp: Dict[str, List[float]]) -> Tuple[Runs, Runs]:
+    """The encode and decode calls to time for ``image`` (stock and every path × task); appends each row's bpp."""
     x = pad_to_block(image[None])
     pixels = image.shape[-1] * image.shape[-2]
     with torch.no_grad():
@@ -187,9 +191,14 @@ def time_analysis(coders: Coders, image: torch.Tensor, repeats: int) -> Dict[str
     runs = {}
     for path, frame_codec in coders.codecs.items():
         for task in (Task.HUMAN, ADAPTED):
-            runs[f"{path}/{task.value}"] = lambda f=frame_codec, t=task: f.analysis(t)(x)
-    with torch.no_grad():
-        return time_interleaved(runs, repeats)
+            runs[f"{path}/{task.value}"] = lambda f=frame_codec, t=task: _analysis_once(f, t, x)
+    return time_interleaved(runs, repeats)
+
+
+@torch.no_grad()
+def _analysis_once(frame_codec: FrameCodec, task: Task, x: torch.Tensor) -> torch.Tensor:
+    with frame_codec.codec.use(task):  # the eager path's hooks apply the selected task's adapters
+        return frame_codec.analysis(task)(x)
 
 
 def frames_per_second(coders: Coders, repeats: int) -> Dict[str, Dict[str, Dict[str, float]]]:

@@ -24,7 +24,7 @@ from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError
 from icmh.images import pad_to_block
 from icmh.models.adapted import AdaptedCodec, AdapterConfig, hyper_analysis
 from icmh.models.adapters import parameter_versions
-from icmh.models.encoder_paths import EAGER, INT8, Analysis, build_analysis, check_encoder_path, synthetic_images
+from icmh.models.encoder_paths import EAGER, Analysis, build_analysis, check_encoder_path, synthetic_images
 from icmh.models.latent_coding import CodedLatents
 from icmh.tasks import Task
 from icmh.codec.weights import LoadedCodec
@@ -41,7 +41,7 @@ class EncodedFrame:
     height: int
     width: int
     task: Task
-    y_hat: Tensor  # the quantised latent the decoder will reconstruct (for checks)
+    y_hat: Optional[Tensor] = None  # the quantised latent the decoder will rebuild: only with keep_latents
 
     @property
     def bpp(self) -> float:
@@ -75,8 +75,8 @@ class FrameCodec:
                  encoder_path: str = EAGER, calibration: Sequence[Tensor] = ()) -> None:
         """``encoder_path``: how ``g_a`` runs when encoding (:mod:`icmh.models.encoder_paths`; the
         decoder is the same for all); ``calibration``: N×3×H×W batches for ``int8`` (default:
-        synthetic images). Raises :class:`InvalidInputError` for an unknown path, or one
-        other than ``eager`` off the CPU.
+        :func:`~icmh.models.encoder_paths.synthetic_images`). Raises :class:`InvalidInputError`
+        for an unknown path, or one other than ``eager`` off the CPU.
         """
         self.loaded = loaded
         self.device = torch.device(device)
@@ -84,7 +84,7 @@ class FrameCodec:
         self.encoder_path = check_encoder_path(encoder_path)
         if encoder_path != EAGER and self.device.type != "cpu":
             raise InvalidInputError(f"the {encoder_path} encoder path runs on the CPU; use --device cpu or --encoder eager")
-        self.calibration = list(calibration) or (synthetic_images() if encoder_path == INT8 else [])
+        self.calibration = list(calibration)
         self.codec = AdaptedCodec(loaded.model, loaded.spec, loaded.quality).to(self.device)
         for transform in (self.codec.base.g_a, self.codec.base.g_s):
             transform.register_forward_pre_hook(_channels_last)
@@ -108,8 +108,12 @@ class FrameCodec:
         return [Task.HUMAN] + [Task(name) for name in self.codec.adapters]
 
     # -- encode -----------------------------------------------------------------------------
-    def encode(self, images: ImageBatch, task: Task) -> List[EncodedFrame]:
-        """Encode 3×H×W images (any sizes; same-size images are batched) into frames."""
+    def encode(self, images: ImageBatch, task: Task, keep_latents: bool = False) -> List[EncodedFrame]:
+        """Encode 3×H×W images (any sizes; same-size images are batched) into frames.
+
+        ``keep_latents`` keeps each frame's quantised latent ``ŷ`` (for exactness checks); frames
+        that travel do not carry it (about 6 MB per 1080p frame).
+        """
         images = list(images)
         for image in images:
             if image.dim() != 3 or image.shape[0] != 3:
@@ -131,7 +135,7 @@ class FrameCodec:
                         base_hash=self.loaded.fingerprint, index_check=coded.index_checks[k],
                     )
                     data = pack_frame(header, [coded.y_strings[k], coded.z_strings[k]], self.limits)
-                    out[i] = EncodedFrame(data, height, width, task, coded.y_hat[k])
+                    out[i] = EncodedFrame(data, height, width, task, coded.y_hat[k] if keep_latents else None)
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -157,7 +161,7 @@ class FrameCodec:
         if cached is None or cached[0] != key:
             adapters = None if adapter_set is None else [adapter_set.adapter_at("encoder", i) for i in range(len(g_a))]
             with self.codec.use(Task.HUMAN):  # the program applies the adapters itself, not the hooks
-                analysis = build_analysis(self.encoder_path, g_a, adapters, self.calibration)
+                analysis = build_analysis(self.encoder_path, g_a, adapters, self.calibration or synthetic_images())
             self._analyses[task] = (key, analysis)
         return self._analyses[task][1]
 

@@ -14,9 +14,7 @@ from icmh.codec.frame_codec import FrameCodec
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec, zoo_url
 from icmh.hub import cached_path
-from icmh.data_splits import training_images
-from icmh.images import load_image
-from icmh.models.encoder_paths import EAGER, INT8
+from icmh.models.encoder_paths import EAGER
 from icmh.models.registry import get_codec
 
 ZOO_CODEC = "mbt2018-mean"  # the paper's base codec, where its CompressAI zoo weights are cached
@@ -66,29 +64,6 @@ def check_device(device: str) -> str:
     return device
 
 
-CALIBRATION_SET = "bsds500-train"
-CALIBRATION_IMAGES = 8
-CALIBRATION_SIZE = 256
-
-
-def calibration_images(count: int = CALIBRATION_IMAGES, size: int = CALIBRATION_SIZE) -> List[torch.Tensor]:
-    """Centre crops (1×3×size×size) of the first ``count`` training photos, for the int8 encoder path.
-
-    Empty when the training set is not in the data folder (the frame codec then
-    calibrates on synthetic images).
-    """
-    try:
-        paths = training_images([CALIBRATION_SET])[:count]
-    except InvalidInputError:
-        return []
-    crops = []
-    for path in paths:
-        image = load_image(path)
-        top, left = max(0, (image.shape[-2] - size) // 2), max(0, (image.shape[-1] - size) // 2)
-        crops.append(image[None, :, top:top + size, left:left + size])
-    return crops
-
-
 def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> FrameCodec:
     """Load the base codec, its adapter files, and make sure every task in ``tasks`` is served.
 
@@ -103,9 +78,8 @@ def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> Frame
         options.codec, quality, weights=options.codec_weights,
         random_weights=options.random_codec, seed=options.seed,
     )
-    calibration = calibration_images() if options.encoder_path == INT8 else []
     frame_codec = FrameCodec(loaded, device=check_device(options.device), limits=options.limits,
-                             encoder_path=options.encoder_path, calibration=calibration)
+                             encoder_path=options.encoder_path)
     for path in options.adapters:
         frame_codec.load_adapters(path)
     if not options.adapters and options.bundled_adapters and not options.random_codec and options.codec_weights is None:

@@ -75,16 +75,34 @@ def load_codec_state(model: nn.Module, state: Dict[str, Tensor], misfit: str) ->
 
     Raises :class:`InvalidInputError` ``"<misfit>: <first line of the reason>"`` when it does not fit.
     """
+    constants = {k: v.clone() for k, v in model.named_buffers() if v.is_floating_point() and v.numel()}
     try:
         model.load_state_dict(load_pretrained(state))
     except (RuntimeError, KeyError) as exc:
         raise InvalidInputError(f"{misfit}: {str(exc).splitlines()[0]}") from None
+    restore_constants(model, constants)
+
+
+def restore_constants(model: nn.Module, constants: Mapping[str, Tensor]) -> None:
+    """Put back the codec's floating-point buffers as its constructor made them.
+
+    They are constants, not learned: likelihood and scale lower bounds, GDN pedestals
+    (the scale table, empty until ``update()``, keeps its loaded values). Files that
+    stored them as float16 rounded the likelihood bound 1e-9 to 0, which let training
+    take ``log(0)``.
+    """
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name in constants:
+                buffer.copy_(constants[name])
 
 
 def save_codec_weights(model: nn.Module, path: Path, metadata: Optional[Mapping[str, str]] = None) -> None:
-    """Save ``model``'s state dict as safetensors (float tensors as float16) with metadata."""
+    """Save ``model``'s state dict as safetensors with metadata: learned parameters as float16,
+    buffers (CDF tables, constants) as they are."""
+    parameters = {name for name, _ in model.named_parameters()}
     state = {
-        k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
+        k: (v.detach().half() if k in parameters else v.detach()).contiguous().cpu()
         for k, v in model.state_dict().items()
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
