@@ -19,7 +19,8 @@ from icmh.errors import InvalidInputError
 # module of icmh.cli.commands -> (command name, the extra it needs beyond the core install)
 COMMANDS = {
     "encode": ("encode", None), "decode": ("decode", None), "info": ("info", None),
-    "train": ("train", "train"), "train_codec": ("train-codec", "train"), "eval": ("eval", "eval"),
+    "train": ("train", "train"), "train_codec": ("train-codec", "train"),
+    "train_restoration": ("train-restoration", "train"), "eval": ("eval", "eval"),
     "bench": ("bench", "eval"), "bd": ("bd", "eval"),
 }
 

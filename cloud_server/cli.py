@@ -21,7 +21,7 @@ from icmh.cli.common import (add_codec_options, add_task_model_options, codec_op
 from icmh.codec.loader import open_frame_codec
 from icmh.errors import IcmhError, InvalidInputError
 from icmh.images import save_image
-from icmh.tasks import Task
+from icmh.tasks import DEFAULT_SERVED_TASKS, Task
 
 from icmh.cloud.auth import TOKENS_ENV, load_tokens
 from icmh.cloud.server import SERVER_LIMITS, ServerConfig, serve
@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one; default 50051)")
     parser.add_argument("--metrics-port", type=int, default=9100,
                         help="Prometheus port (0: pick a free one; -1: off; default 9100)")
-    parser.add_argument("--tasks", default=",".join(t.value for t in Task),
-                        help="comma-separated tasks to serve (default: all that have adapters)")
+    parser.add_argument("--tasks", default=",".join(t.value for t in DEFAULT_SERVED_TASKS),
+                        help="comma-separated tasks to serve (default: %(default)s)")
     limits = parser.add_argument_group("limits and batching (bounded cost and memory per frame)")
     limits.add_argument("--max-pending", type=positive_int, default=32,
                         help="frames waiting or running at once before RESOURCE_EXHAUSTED (default 32)")
@@ -122,7 +122,7 @@ def decode_folder(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"no .icmh frames in {args.input_dir}")
     # with --random-weights every task gets seeded adapters; otherwise the tasks of the --adapters files
     options = codec_options(args)
-    frame_codec = open_frame_codec(options, list(Task) if options.random_adapters else [])
+    frame_codec = open_frame_codec(options, list(DEFAULT_SERVED_TASKS) if options.random_adapters else [])
     args.output_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     with open(args.output_dir / "results.jsonl", "w", encoding="utf-8") as results:

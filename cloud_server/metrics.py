@@ -5,8 +5,8 @@ name                               type       labels                       recor
 =================================  =========  ===========================  ==========================
 ``icmh_bits_per_pixel``            histogram  task, codec, quality         :meth:`CloudMetrics.observe_frame`
 ``icmh_bitstream_bytes``           histogram  task                         :meth:`CloudMetrics.observe_frame`
-``icmh_stage_duration_seconds``    histogram  task, stage (decode, infer,  :meth:`CloudMetrics.observe_stage`
-                                              total)
+``icmh_stage_duration_seconds``    histogram  task, stage (decode,         :meth:`CloudMetrics.observe_stage`
+                                              synthesis, infer, total)
 ``icmh_queue_duration_seconds``    histogram  (none)                       :meth:`CloudMetrics.observe_queue`
 ``icmh_requests_total``            counter    task, code (gRPC status)     :meth:`CloudMetrics.count_request`
 ``icmh_pending_requests``          gauge      (none)                       :meth:`CloudMetrics.set_pending`
@@ -20,6 +20,9 @@ name                               type       labels                       recor
 
 Label values come from fixed sets (:mod:`icmh.service.metrics`); an unexpected value is
 recorded as ``unknown`` (task), ``other`` (codec, quality, stage) or ``UNKNOWN`` (code).
+A universal frame is recorded once with task ``universal`` (bpp, bytes, its entropy
+decoding as stage ``decode``, ``total``) and once per consumer (``icmh_requests_total``,
+stages ``synthesis`` and ``infer``).
 ``model`` takes the registry's names (one per served task, fixed at start-up).
 """
 
@@ -46,7 +49,7 @@ from icmh.service.metrics import (
 
 __all__ = ["CloudMetrics", "STAGES", "STAGE_LABEL", "start_metrics_server", "stop_metrics_server"]
 
-STAGES = ("decode", "infer", "total")
+STAGES = ("decode", "synthesis", "infer", "total")
 STAGE_LABEL = LabelValues("stage", STAGES + ("other",), "other")
 REFUSAL_REASONS = ("unauthenticated", "overloaded", "too_large", "draining", "deadline", "idle", "other")
 REFUSAL_LABEL = LabelValues("reason", REFUSAL_REASONS, "other")

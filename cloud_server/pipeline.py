@@ -11,6 +11,10 @@ take the others with it. A frame whose caller has gone, or whose deadline has pa
 skipped before each costly stage. Decoded images and results must be finite: NaN or
 infinity ends the frame with an error, never an OK result.
 
+A universal frame is decoded for the consumers its request names (default: every consumer
+served): its latent is entropy-decoded once, each consumer's decoder head and task model
+run on it, and the response carries one :class:`ConsumerResult` per consumer.
+
 Synchronous on purpose: the service runs it in worker threads (:mod:`.batching`), and the
 event loop stays free for the network.
 """
@@ -27,10 +31,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import grpc
 import torch
 
-from icmh.codec.bitstream import Frame
+from icmh.codec.bitstream import Frame, bits_per_pixel
 from icmh.codec.frame_codec import DecodedFrame, FrameCodec
-from icmh.errors import AdapterMismatchError, BitstreamError, IcmhError
+from icmh.errors import AdapterMismatchError, BitstreamError, IcmhError, InvalidInputError
 from icmh.results import TaskResult
+from icmh.service.metrics import UNIVERSAL
 from icmh.service.result_proto import result_to_proto
 from icmh.taskmodels import TaskModel
 from icmh.tasks import Task
@@ -55,14 +60,26 @@ class Job:
     deadline: Optional[float] = None  # time.monotonic() after which nobody waits for the answer
     cancelled: Callable[[], bool] = lambda: False
     queued_at: float = field(default_factory=time.perf_counter)
+    consumers_asked: Sequence[str] = ()  # InferRequest.consumers
     frame: Optional[Frame] = None
-    task: Optional[Task] = None
+    task: Optional[Task] = None  # a single-task frame's task (None: universal, or not parsed yet)
+    consumers: Tuple[Task, ...] = ()  # universal frames: what to decode it for
 
     @property
-    def key(self) -> Tuple[Task, int, int]:
-        """Frames with the same key (task, height, width) can share a batch."""
-        assert self.frame is not None and self.task is not None
-        return self.task, self.frame.header.height, self.frame.header.width
+    def universal(self) -> bool:
+        """Whether this is a universal frame (decoded per consumer)."""
+        return self.frame is not None and self.frame.header.universal
+
+    @property
+    def key(self) -> Tuple[object, ...]:
+        """Frames with the same key (task or consumers, height, width) can share a batch."""
+        assert self.frame is not None
+        return self.task, self.consumers, self.frame.header.height, self.frame.header.width
+
+    @property
+    def label(self) -> object:
+        """The task label of this frame in the metrics (``universal`` for universal frames)."""
+        return UNIVERSAL if self.universal else self.task or "unknown"
 
     def gone(self) -> bool:
         """Whether nobody waits for this frame any more."""
@@ -91,17 +108,40 @@ class Pipeline:
         """Tasks served: those with decoder adapters (or none, for human) and a task model."""
         return [task for task in self.frame_codec.tasks if task in self.models]
 
+    @property
+    def consumers(self) -> List[Task]:
+        """Consumers of universal frames served: those with a decoder head (or human) and a task model."""
+        return [task for task in self.frame_codec.consumers if task in self.models]
+
     # -- before the queue ---------------------------------------------------------------------
     def admit(self, job: Job) -> Optional[pb.InferResponse]:
         """Parse and check ``job``'s frame (filling ``job.frame`` and ``job.task``); returns ``None``
         if it may be queued, else the error response (counted in the metrics)."""
         try:
             job.frame, job.task = self.frame_codec.parse(job.data)
-            if job.task not in self.models:
-                raise AdapterMismatchError(f"this server runs no model for task {job.task.value!r}")
+            asked = tuple(Task.parse(name) for name in job.consumers_asked)
+            if job.task is None:
+                job.consumers = self._universal_consumers(asked)
+            else:
+                if asked and asked != (job.task,):
+                    raise AdapterMismatchError(
+                        f"a {job.task.value} frame decodes for {job.task.value} only, not "
+                        f"{', '.join(c.value for c in asked)} (encode universal frames for several consumers)")
+                if job.task not in self.models:
+                    raise AdapterMismatchError(f"this server runs no model for task {job.task.value!r}")
         except Exception as exc:  # noqa: BLE001 — a frame never ends more than itself
             return self._failure(job, exc, "parsing")
         return None
+
+    def _universal_consumers(self, asked: Tuple[Task, ...]) -> Tuple[Task, ...]:
+        served = self.consumers
+        if len(set(asked)) != len(asked):
+            raise InvalidInputError("a consumer is named twice")
+        missing = [c.value for c in asked if c not in served]
+        if missing:
+            raise AdapterMismatchError(f"this server has no decoder head and model for consumer "
+                                       f"{', '.join(missing)} (it serves {', '.join(c.value for c in served)})")
+        return asked or tuple(served)
 
     # -- in a worker ----------------------------------------------------------------------------
     def run_batch(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
@@ -123,12 +163,57 @@ class Pipeline:
                 responses[id(job)] = self._failure(job, exc, "processing")
         return [responses[id(job)] for job in jobs]
 
-    def run(self, frame_id: int, data: bytes) -> pb.InferResponse:
+    def run(self, frame_id: int, data: bytes, consumers: Sequence[str] = ()) -> pb.InferResponse:
         """One frame from bytes to response (admit, then a batch of one)."""
-        job = Job(frame_id, data)
+        job = Job(frame_id, data, consumers_asked=consumers)
         return self.admit(job) or self.run_batch([job])[0]
 
     def _process(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
+        return self._process_universal(jobs) if jobs[0].universal else self._process_single(jobs)
+
+    def _process_universal(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
+        """Universal frames: each latent decoded once, then every consumer's head and model."""
+        started = time.perf_counter()
+        consumers = jobs[0].consumers
+        latents_seconds, decoded = [], []
+        for job in jobs:
+            timing: Dict[Optional[Task], float] = {}
+            outputs = self.frame_codec.decode_consumers(job.frame, None, consumers, timing)
+            for item in outputs.values():
+                if not torch.isfinite(item.image).all():
+                    raise BitstreamError("the frame decodes to non-finite values")
+            latents_seconds.append(timing[None])
+            decoded.append((outputs, timing))
+        if any(job.gone() for job in jobs):
+            raise GoneError
+        responses = [pb.InferResponse(frame_id=job.frame_id) for job in jobs]
+        for consumer in consumers:
+            began = time.perf_counter()
+            model = self.models[consumer]
+            results = model.infer([outputs[consumer].image for outputs, _ in decoded], consumer)
+            infer_seconds = (time.perf_counter() - began) / len(jobs)
+            for response, result, (_, timing) in zip(responses, results, decoded):
+                check_finite(result)
+                entry = response.results.add(synthesis_seconds=timing[consumer], infer_seconds=infer_seconds)
+                result_to_proto(dataclasses.replace(result, model=model.name), entry)
+                self.metrics.observe_stage(consumer, "synthesis", timing[consumer])
+                self.metrics.observe_stage(consumer, "infer", infer_seconds)
+                self.metrics.count_request(consumer, grpc.StatusCode.OK)
+        done = time.perf_counter()
+        self.metrics.observe_batch(len(jobs))
+        for job, response, seconds in zip(jobs, responses, latents_seconds):
+            header = job.frame.header
+            response.width, response.height = header.width, header.height
+            response.bits_per_pixel = bits_per_pixel(job.frame.size_bytes, header.height, header.width)
+            response.times.decode_seconds = seconds
+            response.times.total_seconds = done - started
+            self.metrics.observe_frame(UNIVERSAL, self.codec_name, self.quality, response.bits_per_pixel,
+                                       job.frame.size_bytes)
+            self.metrics.observe_stage(UNIVERSAL, "decode", seconds)
+            self.metrics.observe_stage(UNIVERSAL, "total", done - started)
+        return responses
+
+    def _process_single(self, jobs: Sequence[Job]) -> List[pb.InferResponse]:
         started = time.perf_counter()
         task = jobs[0].task
         # one frame at a time: a batch of synthesis transforms need not give the bits of single ones
@@ -167,7 +252,7 @@ class Pipeline:
 
     def _skipped(self, job: Job) -> pb.InferResponse:
         self.metrics.count_refused("deadline")
-        self.metrics.count_request(job.task or "unknown", grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.metrics.count_request(job.label, grpc.StatusCode.DEADLINE_EXCEEDED)
         return error_response(job.frame_id, grpc.StatusCode.DEADLINE_EXCEEDED,
                               "the caller went away or its deadline passed before the frame was processed")
 
@@ -179,7 +264,7 @@ class Pipeline:
         else:
             log.exception("frame %d: internal error while %s it", job.frame_id, stage)
             code, message = grpc.StatusCode.INTERNAL, f"internal error while {stage} this frame (logged on the server)"
-        self.metrics.count_request(job.task or "unknown", code)
+        self.metrics.count_request(job.label, code)
         return error_response(job.frame_id, code, message)
 
 

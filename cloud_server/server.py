@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import grpc
@@ -25,14 +24,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from icmh.codec.bitstream import DEFAULT_LIMITS, Limits
+from icmh.codec.bitstream import Limits
 from icmh.codec.loader import CodecOptions, open_frame_codec
 from icmh.errors import InvalidInputError
 from icmh.service.metrics import start_metrics_server, stop_metrics_server
 from icmh.v1 import icmh_pb2 as pb
 from icmh.v1 import icmh_pb2_grpc as pb_grpc
 from icmh.taskmodels import ModelOptions, TaskModel, load_task_model
-from icmh.tasks import Task
+from icmh.tasks import DEFAULT_SERVED_TASKS, Task
 
 from icmh.cloud.auth import BearerTokenInterceptor
 from icmh.cloud.batching import FrameBatcher
@@ -54,7 +53,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: Optional[int] = 9100
-    tasks: List[Task] = field(default_factory=lambda: list(Task))
+    tasks: List[Task] = field(default_factory=lambda: list(DEFAULT_SERVED_TASKS))
     max_pending: int = 32
     max_batch: int = 4
     max_batch_wait: float = 0.005  # seconds a worker waits for a batch to fill
@@ -96,10 +95,10 @@ class ServerConfig:
 
 
 def build_pipeline(config: ServerConfig, metrics: CloudMetrics) -> Pipeline:
-    """Load the codec, adapters and one task model per task that has adapters here."""
+    """Load the codec, adapters and one task model per served task that has adapters or a decoder head here."""
     frame_codec = open_frame_codec(config.codec, config.tasks if config.codec.random_adapters else [])
     models: Dict[Task, TaskModel] = {}
-    for task in frame_codec.tasks:
+    for task in dict.fromkeys(frame_codec.tasks + frame_codec.consumers):  # single-task frames and universal ones
         if task in config.tasks:
             models[task] = load_task_model(task, config.models.get(task), config.model_options)
     return Pipeline(frame_codec, models, metrics)
@@ -145,6 +144,7 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
     metrics_port = metrics_server[0].server_port if metrics_server else None
     print(f"cloud-server listening on {config.host}:{port} (metrics on port {metrics_port}); "
           f"tasks: {', '.join(f'{t.value} ({pipeline.models[t].name})' for t in pipeline.tasks)}; "
+          f"universal frames for: {', '.join(t.value for t in pipeline.consumers)}; "
           f"codec {pipeline.frame_codec.loaded.label}; "
           f"{config.security_label()}", flush=True)
     stop = stop or asyncio.Event()

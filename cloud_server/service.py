@@ -59,7 +59,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
     async def _process(self, request: pb.InferRequest, deadline: Optional[float],
                        gone: threading.Event) -> pb.InferResponse:
         """One frame: admit it, queue it, wait for its response (never raises for a bad frame)."""
-        job = Job(request.frame_id, request.bitstream, deadline, gone.is_set)
+        job = Job(request.frame_id, request.bitstream, deadline, gone.is_set, consumers_asked=tuple(request.consumers))
         refusal = self.pipeline.admit(job)
         if refusal is not None:
             return refusal
@@ -67,7 +67,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             response = await self.batcher.submit(job)
         except Overloaded as exc:
             self.metrics.count_refused("overloaded")
-            self.metrics.count_request(job.task, grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.metrics.count_request(job.label, grpc.StatusCode.RESOURCE_EXHAUSTED)
             return error_response(request.frame_id, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if self.log_frames:
             log.info("frame %d: %s", request.frame_id, response.error.message or f"{response.bits_per_pixel:.4f} bpp")
@@ -141,12 +141,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         codec = pb.CodecCapability(
             codec=frame_codec.loaded.spec.name, codec_id=frame_codec.loaded.spec.wire_id,
             quality=frame_codec.loaded.quality, base_fingerprint=frame_codec.loaded.fingerprint)
-        models = []
         for task in self.pipeline.tasks:
             codec.adapter_hashes[task.value] = frame_codec.codec.adapter_hash(task)
-            model = self.pipeline.models[task]
-            models.append(pb.TaskModelInfo(task=task.value, name=model.name, weights=model.weights_label,
-                                           pretrained=model.pretrained))
+        codec.universal_encoder_hash = frame_codec.codec.universal_hash()
+        codec.consumers.extend(task.value for task in self.pipeline.consumers)
+        models = [pb.TaskModelInfo(task=task.value, name=model.name, weights=model.weights_label,
+                                   pretrained=model.pretrained) for task, model in self.pipeline.models.items()]
         return pb.Capabilities(
             codecs=[codec], tasks=[t.value for t in self.pipeline.tasks], max_frame_bytes=self.limits.max_frame_bytes,
             max_width=self.limits.max_width, max_height=self.limits.max_height, max_pixels=self.limits.max_pixels,

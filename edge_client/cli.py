@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import itertools
 import json
-import statistics
 import sys
 import os
-import time
 from pathlib import Path
-from typing import Deque, Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 from icmh.cli.common import (add_codec_options, codec_options, positive_int, run_cli, warn_random_weights,
                                write_output)
 from icmh.codec.loader import open_frame_codec
 from icmh.errors import InvalidInputError
 from icmh.codec.frame_codec import EncodedFrame, FrameCodec
-from icmh.service.metrics import start_metrics_server, stop_metrics_server
+from icmh.service.metrics import UNIVERSAL, start_metrics_server, stop_metrics_server
 from icmh.service.result_proto import result_from_proto
 from icmh.tasks import Task
 
 from icmh.edge.annotate import annotate
 from icmh.edge.connection import TOKEN_ENV, ClientSecurity, load_client_security
 from icmh.edge.metrics import EdgeMetrics
+from icmh.edge.output import LiveLine, outcome_json, outcome_text
 from icmh.edge.sources import open_source
 from icmh.edge.streaming import FrameOutcome, FrameStreamer, StreamStats
 
@@ -73,8 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--demo", action="store_true", help="built-in moving scene (default; needs nothing)")
     parser.add_argument("--demo-size", type=frame_size, default=None, metavar="WxH",
                         help="size of the demo scene's frames (default 640x360)")
-    parser.add_argument("--task", default=Task.DETECTION.value, help="human, detection, segmentation or "
-                        "classification (default: detection)")
+    parser.add_argument("--task", default=Task.DETECTION.value,
+                        help="the task the frames are coded for: human, detection, segmentation, classification, "
+                             "machine, denoise, deblur, super-resolution or low-light (default: detection)")
+    parser.add_argument("--tasks", metavar="LIST",
+                        help="universal frames instead of --task: one bitstream per frame, coded by the shared "
+                             "encoder and decoded at the server for each of these consumers, e.g. "
+                             "detection,classification,human (the server needs their decoder heads)")
     parser.add_argument("--frames", type=positive_int, default=None, help="stop after N frames (demo default: 16)")
     parser.add_argument("--server", metavar="TARGET",
                         help=f"cloud server: HOST:PORT, or dns:///NAME:PORT or ipv4:A:PORT,B:PORT to balance "
@@ -132,87 +135,33 @@ def _source(args: argparse.Namespace):
     return open_source("demo", args.demo_size, args.frames or 16)
 
 
-class LiveLine:
-    """The compact live status line (stderr) and the end-of-run summary.
-
-    Bounded state: frame count and bits-per-pixel sum, and the last :data:`WINDOW` round
-    trips for the percentiles (the exported histograms hold the whole run).
-    """
-
-    WINDOW = 1024
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.frames = 0
-        self.bpp_sum = 0.0
-        self.round_trips: Deque[float] = collections.deque(maxlen=self.WINDOW)
-        self.last_print = 0.0
-
-    def add(self, bpp: float, round_trip: Optional[float] = None) -> None:
-        """Count one frame (and its round trip); redraw the line at most twice a second."""
-        self.frames += 1
-        self.bpp_sum += bpp
-        if round_trip is not None:
-            self.round_trips.append(round_trip)
-        now = time.perf_counter()
-        if now - self.last_print > 0.5:
-            self.last_print = now
-            print(f"\r{self.text()}", end="", file=sys.stderr, flush=True)
-
-    def text(self) -> str:
-        """Frames, frames per second, mean bpp and the recent round-trip percentiles."""
-        fps = self.frames / max(time.perf_counter() - self.start, 1e-9)
-        line = f"frames {self.frames}  {fps:.2f} fps  mean bpp {self.bpp_sum / max(self.frames, 1):.4f}"
-        if len(self.round_trips) >= 2:
-            cuts = statistics.quantiles(self.round_trips, n=20)
-            line += f"  round trip p50 {1e3 * statistics.median(self.round_trips):.0f} ms p95 {1e3 * cuts[18]:.0f} ms"
-        return line
-
-
-def _encoded(frames: Iterator, frame_codec: FrameCodec, task: Task, metrics: EdgeMetrics) -> Iterator[EncodedFrame]:
+def _encoded(frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
+             metrics: EdgeMetrics) -> Iterator[EncodedFrame]:
+    """Encode each frame for ``task`` (``None``: universal frames)."""
     spec, quality = frame_codec.loaded.spec.name, frame_codec.loaded.quality
+    label = task or UNIVERSAL
     for image in frames:
-        with metrics.time_encode(task):
-            encoded = frame_codec.encode([image], task)[0]
-        metrics.observe_encoded(task, spec, quality, encoded.bpp)
+        with metrics.time_encode(label):
+            encoded = (frame_codec.encode([image], task) if task else frame_codec.encode_universal([image]))[0]
+        metrics.observe_encoded(label, spec, quality, encoded.bpp)
         yield encoded
 
 
-def _outcome_json(outcome: FrameOutcome) -> dict:
-    response = outcome.response
-    record = {"frame_id": outcome.frame_id, "bytes": len(outcome.encoded.data), "bpp": round(outcome.encoded.bpp, 6),
-              "round_trip_ms": round(1e3 * outcome.round_trip_seconds, 2)}
-    if response.HasField("error"):
-        record["error"] = {"code": response.error.code, "message": response.error.message}
-    else:
-        record["result"] = result_from_proto(response).to_json()
-        record["server_ms"] = round(1e3 * response.times.total_seconds, 2)
-    return record
+def parse_consumers(text: str) -> List[Task]:
+    """``--tasks``: comma-separated consumers, each once; raises :class:`InvalidInputError`."""
+    consumers = [Task.parse(name.strip()) for name in text.split(",") if name.strip()]
+    if not consumers:
+        raise InvalidInputError("--tasks needs at least one consumer, e.g. detection,classification,human")
+    if len(set(consumers)) != len(consumers):
+        raise InvalidInputError(f"--tasks names a consumer twice: {text}")
+    return consumers
 
 
-def outcome_text(record: dict) -> str:
-    """One line for a person: frame, bytes, bpp, round trip, then the results (or the error)."""
-    head = (f"frame {record['frame_id']:4d}: {record['bytes']:7,d} B  {record['bpp']:.4f} bpp  "
-            f"round trip {record['round_trip_ms']:7.1f} ms")
-    if "error" in record:
-        return f"{head}  error {record['error']['code']}: {record['error']['message']}"
-    result = record["result"]
-    if result["detections"]:
-        found = ", ".join(f"{d['label_name']} {d['score']:.2f}" for d in result["detections"][:5])
-        more = len(result["detections"]) - 5
-        found += f" (+{more} more)" if more > 0 else ""
-    elif result["classes"]:
-        found = ", ".join(f"{c['name']} {c['score']:.2f}" for c in result["classes"][:3])
-    elif result.get("image_png_base64"):
-        found = f"decoded image {result['width']}×{result['height']}"
-    else:
-        found = "nothing found"
-    return f"{head}  [{result.get('model') or '?'}] {found}"
-
-
-def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Task,
-           metrics: EdgeMetrics, security: Optional[ClientSecurity] = None) -> int:
-    """Stream ``frames`` to ``args.server``; returns the exit status.
+def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
+           metrics: EdgeMetrics, security: Optional[ClientSecurity] = None,
+           consumers: Sequence[Task] = ()) -> int:
+    """Stream ``frames`` to ``args.server`` (coded for ``task``, or universal frames decoded for
+    ``consumers`` when ``task`` is ``None``); returns the exit status.
 
     Raises:
         ServerUnreachableError, AccessRefusedError: see :meth:`FrameStreamer.run`.
@@ -222,20 +171,19 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
 
     def on_result(outcome: FrameOutcome) -> None:
         live.add(outcome.encoded.bpp, outcome.round_trip_seconds or None)
-        record = _outcome_json(outcome)
+        record = outcome_json(outcome)
         if output:
             output.write(json.dumps(record) + "\n")
             output.flush()
         print("\r" + (json.dumps(record) if args.json else outcome_text(record)), flush=True)
         if args.annotate is not None and not outcome.response.HasField("error"):
-            decoded = frame_codec.decode([outcome.encoded.data])[0]
-            annotate(decoded.image, result_from_proto(outcome.response)).save(
-                args.annotate / f"frame_{outcome.frame_id:06d}.png")
+            write_annotated(args.annotate, outcome, frame_codec)
 
     streamer = FrameStreamer(args.server, window=args.window, live=args.camera is not None, metrics=metrics,
-                             task=task.value, connect_timeout=args.connect_timeout,
+                             task=task.value if task else UNIVERSAL, connect_timeout=args.connect_timeout,
                              reconnect_budget=args.reconnect_budget, on_result=on_result, streams=args.streams,
-                             security=security)
+                             security=security, consumers=[c.value for c in consumers],
+                             universal_id=None if task else frame_codec.codec.universal_hash())
     try:
         stats: StreamStats = asyncio.run(streamer.run(_encoded(frames, frame_codec, task, metrics)))
     finally:
@@ -247,25 +195,47 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
         return 1
     print(f"{live.text()}; {stats.answered} answered, {stats.errors} with errors, {stats.dropped} dropped, "
           f"{stats.not_sent} over the server's limits, {stats.resent} resent after busy, {stats.reconnects} "
-          f"reconnects ({task.value}, {frame_codec.loaded.label})", file=sys.stderr)
+          f"reconnects ({_coding_label(task, consumers)}, {frame_codec.loaded.label})", file=sys.stderr)
     return 0
 
 
-def save(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Task,
+def _coding_label(task: Optional[Task], consumers: Sequence[Task]) -> str:
+    return task.value if task else f"universal: {', '.join(c.value for c in consumers)}"
+
+
+def write_annotated(folder: Path, outcome: FrameOutcome, frame_codec: FrameCodec) -> None:
+    """Draw the frame's results on the locally decoded picture: ``frame_NNNNNN.png``, or for a universal
+    frame one ``frame_NNNNNN-<consumer>.png`` per consumer with detections or classes. A restoration
+    consumer's answer is a picture: the server's restored image is written as it came."""
+    name = f"frame_{outcome.frame_id:06d}"
+    entries = list(outcome.response.results) or [outcome.response]
+    decoded = None
+    for entry in entries:
+        suffix = f"-{entry.task}" if outcome.response.results else ""
+        if Task.parse(entry.task).is_restoration and entry.image_png:
+            (folder / f"{name}{suffix}.png").write_bytes(entry.image_png)
+        elif entry.detections or entry.classes or not outcome.response.results:
+            decoded = decoded if decoded is not None else frame_codec.decode([outcome.encoded.data])[0]
+            annotate(decoded.image, result_from_proto(entry)).save(folder / f"{name}{suffix}.png")
+
+
+def save(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
          metrics: EdgeMetrics) -> int:
-    """Offline: write each encoded frame to ``args.save_dir``; returns the exit status."""
+    """Offline: write each encoded frame (for ``task``; ``None``: universal) to ``args.save_dir``;
+    returns the exit status."""
     live = LiveLine()
     for index, encoded in enumerate(_encoded(frames, frame_codec, task, metrics)):
         write_output(args.save_dir / f"frame_{index:06d}.icmh", encoded.data)
         live.add(encoded.bpp)
     print(file=sys.stderr)
-    print(f"{live.text()} ({task.value}, {frame_codec.loaded.label}) -> {args.save_dir}")
+    print(f"{live.text()} ({task.value if task else 'universal'}, {frame_codec.loaded.label}) -> {args.save_dir}")
     return 0
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    task = Task.parse(args.task)
+    consumers = parse_consumers(args.tasks) if args.tasks is not None else []
+    task = None if consumers else Task.parse(args.task)
     if args.server is not None and args.save_dir is not None:
         raise InvalidInputError("give either --server TARGET (stream) or --save-dir DIR (offline), not both")
     if args.save_dir is None:
@@ -282,12 +252,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         print("no frames were captured", file=sys.stderr)
         return 1
     frames = itertools.chain([first], frames)
-    frame_codec = open_frame_codec(codec_options(args), [task])
+    frame_codec = open_frame_codec(codec_options(args), [task] if task else [])  # universal: the shared encoder
     metrics = EdgeMetrics()
     metrics_server = start_metrics_server(args.metrics_port, metrics.registry, args.metrics_host) if args.metrics_port is not None else None
     try:
         if args.server:
-            return stream(args, frames, frame_codec, task, metrics, security)
+            return stream(args, frames, frame_codec, task, metrics, security, consumers)
         return save(args, frames, frame_codec, task, metrics)
     finally:
         if metrics_server:

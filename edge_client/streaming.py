@@ -19,7 +19,8 @@
   :data:`FAILING_RUN` frames in a row ends the run with :class:`ServerFailingError`.
 * Frames the server's capabilities say it would refuse (too many bytes or pixels) are not
   sent: they get a local RESOURCE_EXHAUSTED result. A task the server does not serve ends
-  the run before any frame is sent.
+  the run before any frame is sent; so do, for universal frames (``consumers``), a
+  consumer without a decoder head there or a shared encoder other than the server's.
 * A server away (or busy) for longer than ``reconnect_budget`` seconds ends the run with
   :class:`ServerUnreachableError`; a refusal that retrying cannot fix (UNAUTHENTICATED,
   PERMISSION_DENIED, a failed TLS handshake, ...) ends it at once with
@@ -33,7 +34,7 @@ import asyncio
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, Iterator, List, Optional, Set
+from typing import Callable, Deque, Dict, Iterator, Optional, Sequence, Set
 
 import grpc
 
@@ -117,7 +118,11 @@ class FrameStreamer:
     def __init__(self, target: str, *, window: int, live: bool, metrics: EdgeMetrics, task: str,
                  connect_timeout: float = 10.0, reconnect_budget: float = 60.0, max_message_bytes: int = 17 << 20,
                  on_result: Optional[Callable[[FrameOutcome], None]] = None, streams: int = 1,
-                 security: Optional[ClientSecurity] = None) -> None:
+                 security: Optional[ClientSecurity] = None, consumers: Sequence[str] = (),
+                 universal_id: Optional[bytes] = None) -> None:
+        """``task``: the frames' task (the metrics label ``universal`` for universal frames);
+        ``consumers``: for universal frames, what the server decodes each for; ``universal_id``:
+        their shared encoder's id, checked against the server's."""
         if window < 1 or streams < 1:
             raise ValueError("window and streams must be >= 1")
         self.target = target
@@ -125,6 +130,8 @@ class FrameStreamer:
         self.live = live
         self.metrics = metrics
         self.task = task
+        self.consumers = list(consumers)
+        self.universal_id = universal_id
         self.connect_timeout = connect_timeout
         self.reconnect_budget = reconnect_budget
         self.max_message_bytes = max_message_bytes
@@ -222,7 +229,8 @@ class FrameStreamer:
             pause = self._pause_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
-            await call.write(pb.InferRequest(frame_id=item.frame_id, bitstream=item.encoded.data))
+            await call.write(pb.InferRequest(frame_id=item.frame_id, bitstream=item.encoded.data,
+                                             consumers=self.consumers))
             self.stats.sent += 1
             self.metrics.count_sent(self.task, len(item.encoded.data))
         await call.done_writing()
@@ -352,9 +360,7 @@ class FrameStreamer:
             try:
                 self._capabilities = await stub.GetCapabilities(request, metadata=metadata,
                                                                 timeout=max(deadline - time.monotonic(), 1.0))
-                if self._capabilities.tasks and self.task not in self._capabilities.tasks:
-                    raise AccessRefusedError(f"the cloud server at {self.target} does not serve task {self.task!r} "
-                                             f"(it serves {', '.join(self._capabilities.tasks)})")
+                self._check_served(self._capabilities)
                 return
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
@@ -363,6 +369,24 @@ class FrameStreamer:
                     raise ServerUnreachableError(f"the cloud server at {self.target} did not answer: "
                                                  f"{exc.code().name}: {exc.details()}") from None
             await asyncio.sleep(FIRST_BACKOFF)
+
+    def _check_served(self, caps: pb.Capabilities) -> None:
+        """Raise :class:`AccessRefusedError` if the server cannot answer these frames."""
+        if self.consumers:
+            codec = caps.codecs[0] if caps.codecs else pb.CodecCapability()
+            missing = [c for c in self.consumers if c not in codec.consumers]
+            if missing:
+                raise AccessRefusedError(
+                    f"the cloud server at {self.target} has no decoder head for {', '.join(missing)} (universal "
+                    f"frames there decode for: {', '.join(codec.consumers) or 'nothing'})")
+            if self.universal_id is not None and codec.universal_encoder_hash != self.universal_id:
+                raise AccessRefusedError(
+                    f"the cloud server at {self.target} decodes universal frames of shared encoder "
+                    f"{codec.universal_encoder_hash.hex()}, this client encodes with {self.universal_id.hex()} "
+                    f"(load the same shared-encoder adapters on both sides)")
+        elif caps.tasks and self.task not in caps.tasks:
+            raise AccessRefusedError(f"the cloud server at {self.target} does not serve task {self.task!r} "
+                                     f"(it serves {', '.join(caps.tasks)})")
 
     async def _wait_ready(self, channel: grpc.aio.Channel, stub: pb_grpc.InferenceServiceStub, deadline: float) -> None:
         """Wait until the channel is ready; a TLS handshake that fails is reported at once.

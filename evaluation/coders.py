@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 from PIL import Image
@@ -51,11 +51,14 @@ class ImageCoder(Protocol):
 
 
 class LearnedCoder:
-    """The learned codec at one quality: ``task`` selects the adapters (``human``: the base codec)."""
+    """The learned codec at one quality: ``task`` selects the adapters (``human``: the base codec);
+    ``consumer`` instead codes universal frames and decodes them with that consumer's head."""
 
-    def __init__(self, frame_codec: FrameCodec, task: Task, method: str, label: str, random_weights: bool) -> None:
+    def __init__(self, frame_codec: FrameCodec, task: Task, method: str, label: str, random_weights: bool,
+                 consumer: Optional[Task] = None) -> None:
         self.frame_codec = frame_codec
         self.task = task
+        self.consumer = consumer
         self.method = method
         self.quality = frame_codec.loaded.quality
         self.label = label
@@ -63,8 +66,13 @@ class LearnedCoder:
 
     def code(self, image: Tensor) -> CodedImage:
         """Encode ``image`` into a frame and decode it with the same codec (see :class:`FrameCodec`)."""
-        frame = self.frame_codec.encode([image], self.task)[0]
-        decoded = self.frame_codec.decode([frame.data])[0]
+        if self.consumer is not None:
+            frame = self.frame_codec.encode_universal([image])[0]
+            parsed, _ = self.frame_codec.parse(frame.data)
+            decoded = self.frame_codec.decode_consumers(parsed, None, [self.consumer])[self.consumer]
+        else:
+            frame = self.frame_codec.encode([image], self.task)[0]
+            decoded = self.frame_codec.decode([frame.data])[0]
         return CodedImage(decoded.image.detach().float().cpu(), len(frame.data))
 
 

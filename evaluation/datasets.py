@@ -8,7 +8,8 @@
   that have annotations are evaluated, in increasing image id;
 * classification: ``DIR`` with ``labels.csv`` (columns ``file, wnid, class index``, the
   index in torchvision's sorted-wnid order) or an explicit ``labels`` file;
-* any task: a plain folder of images, with no labels (``labels`` stays ``None``).
+* any task: a plain folder of images, with no labels (``labels`` stays ``None``); for the
+  restoration tasks its sub-folders too (``sr-bench/`` holds ``set5/``, ``set14/``, ...).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def open_eval_set(
         labels = labels or (data / "labels.csv" if (data / "labels.csv").is_file() else None)
         found = _imagenet_set(data, labels, limit) if labels else _folder_set(data, limit)
     else:
-        found = _folder_set(data, limit)
+        found = _folder_set(data, limit, recursive=task.is_restoration)
     if not found.images:
         raise InvalidInputError(f"no images to evaluate in {data}")
     return found
@@ -87,8 +88,9 @@ def _find_annotations(data: Path) -> Optional[Path]:
     return candidates[0] if candidates else None
 
 
-def _folder_set(data: Path, limit: Optional[int]) -> EvalSet:
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def _folder_set(data: Path, limit: Optional[int], recursive: bool = False) -> EvalSet:
+    found = data.rglob("*") if recursive else data.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return EvalSet([EvalImage(path, i) for i, path in enumerate(files[:limit])])
 
 

@@ -19,10 +19,11 @@ from icmh.evaluation.bjontegaard import DEFAULT_METHOD, bd_metric, bd_rate
 from icmh.evaluation.runner import EvalResult
 
 RANDOM_BANNER = "RANDOM WEIGHTS: these figures are NOT those of trained models"
-LEARNED = ("adapted", "base")  # the coders under test, in the order the table lists them
-ANCHORS = ("base", "jpeg", "webp")  # what they are compared against
+LEARNED = ("universal", "adapted", "base")  # the coders under test, in the order the table lists them
+ORDER = ("universal", "adapted", "base", "jpeg", "webp")  # each is compared with those after it
 METRIC_UNITS = {"AP": "%", "AP50": "%", "mask_AP": "%", "mask_AP50": "%", "top1": "%", "top5": "%",
-                "psnr": "dB", "ms_ssim": ""}
+                "psnr": "dB", "ms_ssim": "", "ssim": "", "brisque": "lower is better"}
+REFERENCE_STYLES = {"uncompressed": "--", "degraded": ":"}  # rows without a rate: horizontal lines
 CUBIC_MIN_POINTS = 4
 
 
@@ -33,11 +34,13 @@ def curve(result: EvalResult, method: str, metric: str) -> tuple:
 
 
 def bd_pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
-    """``(test, anchor)`` pairs to compare: each learned method (``adapted``, ``base``) against every other
-    coder it should beat — ``adapted`` against ``base``, both against ``jpeg`` and ``webp`` — where present."""
+    """``(test, anchor)`` pairs to compare: each learned method against every coder after it in
+    :data:`ORDER` — ``universal`` (one bitstream for every consumer) against the per-task ``adapted``
+    bitstreams, ``base``, ``jpeg`` and ``webp``; ``adapted`` against ``base``, ``jpeg``, ``webp``; ``base``
+    against ``jpeg`` and ``webp`` — where present."""
     present = set(methods)
-    return [(test, anchor) for test in LEARNED for anchor in ANCHORS
-            if test != anchor and test in present and anchor in present]
+    return [(test, anchor) for test in LEARNED for anchor in ORDER[ORDER.index(test) + 1:]
+            if test in present and anchor in present]
 
 
 def bd_table(result: EvalResult, method: str = DEFAULT_METHOD) -> List[Dict[str, Any]]:
@@ -94,8 +97,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def reference_rows(result: EvalResult) -> List[Dict[str, Any]]:
+    """The rows without a rate (``uncompressed``; ``degraded`` for the restoration tasks), in order."""
+    return [row for row in result.rows if math.isnan(row["bpp"])]
+
+
 def plot_curves(result: EvalResult, path: Path) -> Path:
-    """One PNG with a panel per metric: each method's rate–metric curve, the uncompressed level dashed."""
+    """One PNG with a panel per metric: each method's rate–metric curve, the rows without a rate as horizontal
+    lines (uncompressed dashed, degraded dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,16 +114,18 @@ def plot_curves(result: EvalResult, path: Path) -> Path:
     cols = min(2, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 4.2 * rows + 0.9), squeeze=False)
-    methods = [m for m in dict.fromkeys(r["method"] for r in result.rows) if m != "uncompressed"]
-    ceiling = next((r for r in result.rows if r["method"] == "uncompressed"), None)
+    references = reference_rows(result)
+    methods = [m for m in dict.fromkeys(r["method"] for r in result.rows) if m not in {r["method"] for r in references}]
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, names):
         for method in methods:
             rate, value = curve(result, method, metric)
             ax.plot(rate, value, marker="o", label=method)
-        if ceiling is not None and math.isfinite(ceiling[metric]):
-            ax.axhline(ceiling[metric], color="grey", linestyle="--", label="uncompressed")
+        for row in references:
+            if math.isfinite(row[metric]):
+                ax.axhline(row[metric], color="grey", linestyle=REFERENCE_STYLES.get(row["method"], "--"),
+                           label=row["method"])
         unit = METRIC_UNITS[metric]
         ax.set_xlabel("bits per pixel (real bitstream)")
         ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
@@ -140,7 +151,7 @@ def format_points(result: EvalResult) -> str:
     lines = [f"{'method':<13}{'q':>4}{'bpp':>9}" + "".join(f"{n:>11}" for n in names)]
     for row in result.rows:
         rate = "-" if math.isnan(row["bpp"]) else f"{row['bpp']:.4f}"
-        quality = "-" if row["method"] == "uncompressed" else str(row["quality"])
+        quality = "-" if math.isnan(row["bpp"]) else str(row["quality"])
         lines.append(f"{row['method']:<13}{quality:>4}{rate:>9}" + "".join(f"{row[n]:>11.3f}" for n in names))
     return "\n".join(lines)
 

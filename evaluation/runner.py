@@ -6,10 +6,14 @@ SqueezeNet 227, MobileNetV2 its 224 centre crop, the R-CNNs short side 800 / lon
 1333, ResNet-50 resize 256 + centre crop 224; the codec pads to 64 and crops back); the
 model runs on the reconstruction and its results are mapped back to the original image
 (COCO AP against the annotations). ``human`` codes the image as it is and scores PSNR and
-MS-SSIM against it. Rate is the real coded size in bits per pixel of the coded image.
+MS-SSIM against it. The restoration tasks (``denoise``, ``deblur``, ``super-resolution``,
+``low-light``) code the *degraded* image, restore the reconstruction and score it against
+the clean image (:mod:`icmh.evaluation.restoration`). Rate is the real coded size in bits
+per pixel of the coded image.
 
 Each operating point (method, quality) becomes one row of metrics; the uncompressed
-input is scored too, as the ceiling (``method`` ``uncompressed``, no rate).
+input is scored too, as the ceiling (``method`` ``uncompressed``, no rate), and for the
+restoration tasks the degraded input without restoration (``degraded``, no rate).
 """
 
 from __future__ import annotations
@@ -23,26 +27,30 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from torch import Tensor
 from tqdm import tqdm
 
-from icmh.codec.adapter_checkpoint import read_adapters
+from icmh.codec.adapter_checkpoint import ROLE_HEAD, ROLE_SHARED_ENCODER, read_adapters
 from icmh.cli.common import adapter_files
 from icmh.errors import AdapterMismatchError, InvalidInputError
 from icmh.codec.frame_codec import FrameCodec
 from icmh.images import load_image
 from icmh.models.registry import get_codec
 from icmh.results import TaskResult
-from icmh.tasks import Task
+from icmh.tasks import RESTORATION_TASKS, Task
 from icmh.codec.loader import bundled_adapter_files, default_codec
 from icmh.codec.weights import load_base_codec
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, ModelOptions, TaskModel, load_task_model
 
 from icmh.evaluation.coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
 from icmh.evaluation.datasets import EvalImage, EvalSet, open_eval_set
+from icmh.evaluation.image_quality import RESTORATION_METRICS
+from icmh.evaluation.restoration import degraded_inputs, degraded_label, degraded_scores, protocol_note
 from icmh.evaluation.scoring import ClassificationScorer, make_scorer, pseudo_ground_truth
 
-METHODS = ("base", "adapted", "jpeg", "webp")
+METHODS = ("base", "adapted", "universal", "jpeg", "webp")
+DEFAULT_METHODS = ("base", "adapted", "jpeg", "webp")  # universal needs its heads: asked for by name
 REFERENCES = ("auto", "labels", "predictions")
 METRICS = {"detection": ("AP", "AP50"), "segmentation": ("mask_AP", "mask_AP50", "AP", "AP50"),
-           "classification": ("top1", "top5"), "human": ("psnr", "ms_ssim")}  # the first is the primary metric
+           "classification": ("top1", "top5"), "human": ("psnr", "ms_ssim"),
+           **{task.value: RESTORATION_METRICS for task in RESTORATION_TASKS}}  # the first is the primary metric
 CHUNK = 16  # images coded before the task model runs on them as one batch
 
 
@@ -56,7 +64,7 @@ class EvalConfig:
     models_dir: Optional[Path] = None
     codec: str = field(default_factory=default_codec)
     qualities: Sequence[int] = (1, 2, 3, 4)
-    methods: Sequence[str] = METHODS
+    methods: Sequence[str] = DEFAULT_METHODS
     jpeg_qualities: Sequence[int] = (5, 10, 20, 40)
     webp_qualities: Sequence[int] = (5, 10, 20, 40)
     adapters: Sequence[Path] = ()
@@ -72,7 +80,8 @@ class EvalConfig:
     random_task_model: bool = False
     random_codec: bool = False
     random_adapters: bool = False
-    seed: int = 0
+    seed: int = 0  # random weights, and the degradations of the restoration tasks
+    head: Optional[str] = None  # method universal: the consumer head decoding for the task (None: the task's own)
 
 
 @dataclass
@@ -113,6 +122,9 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
     coders = list(_coders(config, task, methods))  # loads every codec and adapter file up front
     model = _task_model(task, config)
     originals = [load_image(item.path) for item in eval_set.images]
+    clean: Dict[int, Tensor] = {}
+    if task.is_restoration:  # what gets coded is the degraded image; restorations are scored against the clean one
+        originals, clean = degraded_inputs(task, eval_set.images, originals, config.seed)
     inputs = [(item, image if model is None else model.model_input(image)) for item, image in zip(eval_set.images, originals)]
     sizes = {item.image_id: tuple(image.shape[-2:]) for item, image in zip(eval_set.images, originals)}
     del originals
@@ -125,13 +137,18 @@ def run_evaluation(config: EvalConfig, progress: bool = True) -> EvalResult:
         codec_label=_codec_label(coders),
         random_weights=config.random_task_model or any(c.random_weights for c in coders),
     )
+    if task.is_restoration:
+        result.notes.append(protocol_note(task, config.seed))
     if reference == "predictions":
         result.notes.append("no labels were used: accuracy is measured against the task model's own results on "
                             "the uncompressed images (fidelity), not against ground truth")
-    scorer_args = _scorer_args(task, eval_set, reference, references)
+    scorer_args = _scorer_args(task, eval_set, reference, references, clean)
     uncompressed = make_scorer(task.value, **scorer_args)
     _add_scores(uncompressed, task, inputs, images, [references.get(item.image_id) for item, _ in inputs])
     result.rows.append(_row("uncompressed", 0, math.nan, len(inputs), uncompressed.compute(), "no coding", False))
+    if task.is_restoration:
+        result.rows.append(_row("degraded", 0, math.nan, len(inputs), degraded_scores(task, inputs, clean),
+                                degraded_label(task), False))
 
     bar = tqdm(total=len(coders) * len(inputs), desc=f"eval {task.value}", unit="img", disable=not progress)
     for coder in coders:
@@ -178,6 +195,8 @@ def _checked_methods(config: EvalConfig, task: Task) -> List[str]:
 def _reference_mode(asked: str, eval_set: EvalSet, task: Task) -> str:
     if task is Task.HUMAN:
         return "original"
+    if task.is_restoration:
+        return "clean"
     if asked == "labels" and not eval_set.has_labels:
         raise InvalidInputError(f"the images have no {task.value} labels here; pass --annotations/--labels, or "
                                 f"--reference predictions to score against the task model's uncompressed results")
@@ -191,6 +210,8 @@ def _reference_text(reference: str, eval_set: EvalSet, task: Task) -> str:
         return f"labels ({eval_set.labels_source})"
     if reference == "original":
         return "the original images"
+    if reference == "clean":
+        return "the clean images (before degradation)"
     return f"predictions of the {task.value} model on the uncompressed images (fidelity, no labels)"
 
 
@@ -219,7 +240,10 @@ def _infer_all(task: Task, model: Optional[TaskModel], items: Sequence[Tuple[Eva
     return [dataclasses.replace(result, model=model.name) for result in results]
 
 
-def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict[int, TaskResult]) -> Dict[str, Any]:
+def _scorer_args(task: Task, eval_set: EvalSet, reference: str, references: Dict[int, TaskResult],
+                 clean: Dict[int, Tensor]) -> Dict[str, Any]:
+    if task.is_restoration:
+        return {"clean": clean}
     if task in (Task.DETECTION, Task.SEGMENTATION):
         truth = eval_set.coco if reference == "labels" else pseudo_ground_truth(references, task is Task.SEGMENTATION)
         return {"ground_truth": truth}
@@ -247,8 +271,10 @@ def _row(method: str, quality: int, bpp: float, count: int, metrics: Dict[str, f
 
 
 def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[ImageCoder]:
-    learned = [m for m in methods if m in ("base", "adapted")]
+    learned = [m for m in methods if m in ("base", "adapted", "universal")]
     adapter_files = _adapter_files_by_quality(config, task) if "adapted" in learned else {}
+    head = Task.parse(config.head) if config.head else task
+    universal_files = _universal_files_by_quality(config, head) if "universal" in learned else {}
     for quality in config.qualities if learned else ():
         loaded = load_base_codec(config.codec, quality, weights=config.codec_weights,
                                  random_weights=config.random_codec, seed=config.seed)
@@ -265,6 +291,9 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
                 frame_codec.add_random_adapters(task, config.seed)
                 label, random_adapters = f"{loaded.label} + RANDOM {task.value} adapters (seed {config.seed})", True
             yield LearnedCoder(frame_codec, task, "adapted", label, codec_random or random_adapters)
+        if "universal" in learned:
+            yield _universal_coder(config, FrameCodec(loaded, device=config.device), head,
+                                   universal_files.get(quality, []), codec_random)
     for method in (m for m in methods if m in PILLOW_FORMATS):
         for quality in (config.jpeg_qualities if method == "jpeg" else config.webp_qualities):
             yield PillowCoder(method, quality)
@@ -292,9 +321,56 @@ def _adapter_files_by_quality(config: EvalConfig, task: Task) -> Dict[int, Path]
     return found
 
 
+def _universal_coder(config: EvalConfig, frame_codec: FrameCodec, head: Task, files: Sequence[Path],
+                     codec_random: bool) -> LearnedCoder:
+    """Universal frames of ``frame_codec`` (shared encoder and heads from ``files``) decoded by ``head``."""
+    for path in files:
+        frame_codec.load_adapters(path)
+    frame_codec.check_heads()
+    loaded = frame_codec.loaded
+    if head is Task.HUMAN and head not in frame_codec.head_metadata:
+        label, random_adapters = f"{loaded.label}, universal frames, base decoder", False
+    elif head in frame_codec.head_metadata:
+        meta = frame_codec.head_metadata[head]
+        encoder = frame_codec.shared_encoder_metadata
+        trained = encoder.task_model if encoder else f"base encoder; head against {meta.task_model}"
+        label = f"{loaded.label}, universal frames ({trained}), {head.value} head"
+        random_adapters = meta.random_weights or bool(encoder and encoder.random_weights)
+    else:
+        frame_codec.add_random_head(head, config.seed)
+        label, random_adapters = f"{loaded.label}, universal frames, RANDOM {head.value} head (seed {config.seed})", True
+    return LearnedCoder(frame_codec, head, "universal", label, codec_random or random_adapters, consumer=head)
+
+
+def _universal_files_by_quality(config: EvalConfig, head: Task) -> Dict[int, List[Path]]:
+    """Per quality, the shared-encoder file (if any) and ``head``'s head file: from ``config.adapters``,
+    else the package's bundled adapters. Raises :class:`AdapterMismatchError` when a quality has no
+    such head and random adapters are not allowed (``human`` needs none)."""
+    candidates = adapter_files(config.adapters) if config.adapters else \
+        [path for quality in config.qualities for path in bundled_adapter_files(config.codec, quality)]
+    found: Dict[int, List[Path]] = {}
+    heads: Dict[int, Path] = {}
+    for path in candidates:
+        meta, _ = read_adapters(path)
+        if meta.codec != config.codec or meta.quality not in config.qualities:
+            continue
+        if meta.role == ROLE_SHARED_ENCODER or (meta.role == ROLE_HEAD and meta.task == head.value):
+            found.setdefault(meta.quality, []).append(path)
+            if meta.role == ROLE_HEAD:
+                heads[meta.quality] = path
+    missing = [q for q in config.qualities if q not in heads]
+    if missing and head is not Task.HUMAN and not config.random_adapters:
+        raise AdapterMismatchError(
+            f"no universal {head.value} head for {config.codec} at quality {', '.join(map(str, missing))}: pass "
+            f"--adapters DIR (made by 'icmh train --heads ...'), --random-adapters for a smoke run, or leave "
+            f"'universal' out of --methods")
+    return found
+
+
 def _codec_label(coders: Sequence[ImageCoder]) -> str:
     """One line for all learned qualities, e.g. ``mbt2018-mean q1,2,3,4 (pretrained; first: ...)``."""
-    loaded = list({id(c.frame_codec): c.frame_codec.loaded for c in coders if isinstance(c, LearnedCoder)}.values())
+    loaded = list({c.frame_codec.loaded.quality: c.frame_codec.loaded for c in coders
+                   if isinstance(c, LearnedCoder)}.values())
     if not loaded:
         return "none (JPEG / WebP only)"
     qualities = ",".join(str(item.quality) for item in loaded)

@@ -1,4 +1,5 @@
-"""Accuracy of task results: COCO AP (pycocotools), top-1 / top-5, PSNR and MS-SSIM.
+"""Accuracy of task results: COCO AP (pycocotools), top-1 / top-5, PSNR and MS-SSIM; restored images
+(:mod:`icmh.evaluation.image_quality`: PSNR, SSIM, MS-SSIM, BRISQUE).
 
 A scorer collects one operating point's results image by image (``add``) and gives its
 metrics (``compute``) as a dict of numbers in the units papers report: AP and accuracy
@@ -19,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
-from pytorch_msssim import ms_ssim
 from torch import Tensor
 
 from icmh.results import TaskResult
+from icmh.tasks import Task
 
 from icmh.evaluation.datasets import coco_index
+from icmh.evaluation.image_quality import RestorationScorer, ms_ssim_index, psnr
 
 PSEUDO_LABEL_SCORE = 0.5  # fidelity mode: reference detections at or above this score count as objects
-MS_SSIM_MIN_SIDE = 161  # pytorch_msssim's 5 scales with an 11-pixel window
 
 
 class DetectionScorer:
@@ -165,14 +166,8 @@ class FidelityScorer:
 
     def add(self, original: Tensor, decoded: Tensor) -> None:
         """Add one image pair (3×H×W floats in [0, 1], same size)."""
-        a = original.clamp(0, 1).mul(255).round().div(255)[None].double()
-        b = decoded.clamp(0, 1).mul(255).round().div(255)[None].double()
-        mse = float(F.mse_loss(a, b))
-        self.psnr.append(math.inf if mse == 0 else 10.0 * math.log10(1.0 / mse))
-        if min(a.shape[-2:]) >= MS_SSIM_MIN_SIDE:
-            self.ms_ssim.append(float(ms_ssim(a.float(), b.float(), data_range=1.0)))
-        else:
-            self.ms_ssim.append(math.nan)
+        self.psnr.append(psnr(original, decoded))
+        self.ms_ssim.append(ms_ssim_index(original, decoded))
 
     def compute(self) -> Dict[str, float]:
         """``psnr`` (mean dB) and ``ms_ssim`` (mean; NaN for images under 161 pixels a side)."""
@@ -183,10 +178,14 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def make_scorer(task: str, ground_truth: Any = None, labels: Optional[Mapping[int, int]] = None) -> Any:
-    """The scorer of ``task``: COCO ground truth for detection/segmentation, labels for classification."""
+def make_scorer(task: str, ground_truth: Any = None, labels: Optional[Mapping[int, int]] = None,
+                clean: Optional[Mapping[int, Tensor]] = None) -> Any:
+    """The scorer of ``task``: COCO ground truth for detection/segmentation, labels for classification,
+    the clean images (image id → image) for the restoration tasks."""
     if task in ("detection", "segmentation"):
         return DetectionScorer(ground_truth, masks=task == "segmentation")
     if task == "classification":
         return ClassificationScorer(labels or {})
+    if Task.parse(task).is_restoration:
+        return RestorationScorer(clean or {})
     return FidelityScorer()

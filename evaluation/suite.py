@@ -117,7 +117,7 @@ def markdown(suite: SuiteResult) -> str:
                   f"{result.rows[0]['images']} images, {suite.seconds[task]:.0f} s.", "",
                   "| method | q | bpp | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
         for row in result.rows:
-            quality = "–" if row["method"] == "uncompressed" else str(row["quality"])
+            quality = "–" if not math.isfinite(row["bpp"]) else str(row["quality"])
             lines.append(f"| {row['method']} | {quality} | {_number(row['bpp'], 4)} | "
                          + " | ".join(_number(row[m], 2) for m in metrics) + " |")
     if any(result.random_weights for result in suite.results.values()):

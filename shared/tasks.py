@@ -1,4 +1,12 @@
-"""The machine-vision tasks a frame can be coded for, with their stable wire ids."""
+"""The consumers a frame can be coded for, with their stable wire ids.
+
+* ``human``: the base codec's picture, for people (no adapters);
+* high-level machine tasks: ``detection``, ``segmentation``, ``classification``;
+* ``machine``: a generic machine consumer trained without any task model of the
+  deployment (UG-ICM's task-agnostic supervision); its result is the machine-oriented picture;
+* low-level machine vision (LL-ICM): ``denoise``, ``deblur``, ``super-resolution`` (×2)
+  and ``low-light``, whose result is the restored picture.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,11 @@ class Task(str, Enum):
     DETECTION = "detection"
     SEGMENTATION = "segmentation"
     CLASSIFICATION = "classification"
+    MACHINE = "machine"
+    DENOISE = "denoise"
+    DEBLUR = "deblur"
+    SUPER_RESOLUTION = "super-resolution"
+    LOW_LIGHT = "low-light"
 
     def __str__(self) -> str:
         return self.value
@@ -22,6 +35,16 @@ class Task(str, Enum):
     def wire_id(self) -> int:
         """The task's id in the bitstream header and on the wire (stable across versions)."""
         return _WIRE_IDS[self]
+
+    @property
+    def returns_image(self) -> bool:
+        """Whether the result of this task is a picture (``human``, ``machine``, restoration)."""
+        return self in IMAGE_TASKS
+
+    @property
+    def is_restoration(self) -> bool:
+        """Whether this is a low-level (restoration) task."""
+        return self in RESTORATION_TASKS
 
     @property
     def uses_adapters(self) -> bool:
@@ -46,4 +69,11 @@ class Task(str, Enum):
         raise InvalidInputError(f"unknown task id {wire_id} in frame header")
 
 
-_WIRE_IDS = {Task.HUMAN: 0, Task.DETECTION: 1, Task.SEGMENTATION: 2, Task.CLASSIFICATION: 3}
+_WIRE_IDS = {Task.HUMAN: 0, Task.DETECTION: 1, Task.SEGMENTATION: 2, Task.CLASSIFICATION: 3, Task.MACHINE: 4,
+             Task.DENOISE: 5, Task.DEBLUR: 6, Task.SUPER_RESOLUTION: 7, Task.LOW_LIGHT: 8}
+
+HIGH_LEVEL_TASKS = (Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION)
+RESTORATION_TASKS = (Task.DENOISE, Task.DEBLUR, Task.SUPER_RESOLUTION, Task.LOW_LIGHT)
+IMAGE_TASKS = (Task.HUMAN, Task.MACHINE) + RESTORATION_TASKS
+#: What ``cloud-server`` serves without ``--tasks``.
+DEFAULT_SERVED_TASKS = (Task.HUMAN,) + HIGH_LEVEL_TASKS

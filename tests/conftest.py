@@ -1,11 +1,10 @@
-"""Shared fixtures: the real-image folder and small images."""
+"""Shared fixtures: the real data folders (plain helpers are in ``support.py``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,11 +43,3 @@ def few_training_images(training_dir: Path, tmp_path: Path) -> Path:
     for path in sorted(training_dir.glob("*.jpg"))[:6]:
         (folder / path.name).symlink_to(path)
     return folder
-
-
-def smooth_image(height: int, width: int, seed: int = 0, cell: int = 16) -> torch.Tensor:
-    """A synthetic smooth 3×H×W image in [0, 1]; smaller ``cell`` means more detail."""
-    generator = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, max(1, height // cell), max(1, width // cell), generator=generator)
-    return torch.nn.functional.interpolate(low, size=(height, width), mode="bicubic",
-                                           align_corners=False)[0].clamp(0, 1)

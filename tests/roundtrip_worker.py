@@ -56,7 +56,7 @@ def encode(args: argparse.Namespace) -> None:
     y_hats, entries = {}, []
     for i, path in enumerate(names):
         image = load_image(Path(path))
-        frame = frame_codec.encode([image], task)[0]  # batch of one, on purpose
+        frame = frame_codec.encode([image], task, keep_latents=True)[0]  # batch of one, on purpose
         key = f"{i:03d}"
         (frames_dir / f"{key}.icmh").write_bytes(frame.data)
         y_hats[key] = frame.y_hat.detach().cpu().contiguous().clone()

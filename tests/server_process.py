@@ -1,4 +1,5 @@
-"""A real cloud-server child process on loopback, for integration tests."""
+"""A real cloud-server child process on loopback, for the tests where the process itself is under test
+(signals, a kill, its memory); elsewhere servers run in the test process (:class:`support.InProcessServer`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -65,30 +65,6 @@ class ServerProcess:
         code = self.proc.wait(timeout=60)
         self._reader.join(timeout=5)
         return code
-
-
-def start_servers(*argument_lists: Sequence[str], env: Optional[Dict[str, str]] = None) -> List[ServerProcess]:
-    """Start one server per argument list, all at once (start-up is mostly importing torch)."""
-    with ThreadPoolExecutor(len(argument_lists)) as pool:
-        futures = [pool.submit(ServerProcess, *arguments, env=env) for arguments in argument_lists]
-        servers, errors = [], []
-        for future in futures:
-            try:
-                servers.append(future.result())
-            except Exception as exc:  # stop the ones that did start before reporting
-                errors.append(exc)
-    if errors:
-        stop_servers(servers)
-        raise errors[0]
-    return servers
-
-
-def stop_servers(servers: Sequence[ServerProcess]) -> List[int]:
-    """SIGTERM every server at once and wait for each; returns their exit codes."""
-    if not servers:
-        return []
-    with ThreadPoolExecutor(len(servers)) as pool:
-        return list(pool.map(ServerProcess.stop, servers))
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ from icmh.models.registry import CODECS, get_codec
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec
 
-from conftest import smooth_image
+from support import smooth_image
 
 # every registered codec at its lowest and highest quality (N changes with quality)
 CASES = [(name, q) for name, spec in CODECS.items() for q in sorted({spec.qualities[0], spec.qualities[-1]})]

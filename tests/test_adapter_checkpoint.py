@@ -13,7 +13,7 @@ from icmh.models.adapted import AdapterConfig
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec
 
-from conftest import smooth_image
+from support import smooth_image
 
 
 def _frame_codec(seed: int = 0, codec: str = "mbt2018-mean-tiny", quality: int = 1) -> FrameCodec:
@@ -41,7 +41,7 @@ def test_checkpoint_round_trip_keeps_metadata_and_weights(saved):
         ("mbt2018-mean-tiny", 1, "detection", "sfma", 16)
     assert loaded.lmbda == 2.0 and loaded.training_data == "coco-mini" and loaded.steps == 10
     assert target.codec.adapter_hash(Task.DETECTION) == source.codec.adapter_hash(Task.DETECTION)
-    frame = source.encode([smooth_image(64, 64)], Task.DETECTION)[0]
+    frame = source.encode([smooth_image(64, 64)], Task.DETECTION, keep_latents=True)[0]
     assert torch.equal(target.decode([frame.data])[0].y_hat, frame.y_hat)
 
 

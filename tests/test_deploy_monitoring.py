@@ -1,13 +1,16 @@
 """Prometheus and Grafana configuration against live processes on loopback.
 
-A real cloud-server (random weights, tiny codec, task human) receives N frames from a
-real ``edge-client`` process over gRPC while a real ``prometheus`` (Debian's package;
+A real cloud server (random weights, tiny codec, task human; in this process, see
+:class:`support.InProcessServer`, its metrics on a free port) receives N frames from the
+edge client's own streaming code over gRPC (also in this process, so that its /metrics
+stays up until Prometheus has scraped the final values: the ``edge-client`` process stops
+serving them when its stream ends) while a real ``prometheus`` (Debian's package;
 .ci/run installs it) scrapes both with the scrape jobs of deploy/prometheus/prometheus.yml,
 re-targeted at the loopback ports. Then: Prometheus' HTTP API counts exactly N frames in
-the bits-per-pixel histogram, every PromQL expression of the Grafana dashboard runs,
-and every metric name the dashboard uses is one the server or the edge client really
+the bits-per-pixel histogram, every panel of the Grafana dashboard, cloud and edge, has
+data, and every metric name the dashboard uses is one the server or the edge client really
 exports (read from their live /metrics pages). The image's health check script asks the
-live server too.
+live server too. Every wait polls its condition (Prometheus' HTTP API) with a deadline.
 
 Prometheus tests skip, saying why, only where ``prometheus``/``promtool`` are missing.
 """
@@ -30,7 +33,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_process import CODEC, ROOT, ServerProcess, free_port
+from icmh.tasks import Task
+
+from server_process import CODEC, ROOT, free_port
+from support import InProcessServer, server_config, wait_until
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -103,16 +109,15 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if fetch(f"{self.url}/-/ready", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            assert self.proc.poll() is None, (folder / "prometheus.log").read_text()
-            assert time.monotonic() < deadline, "prometheus did not become ready in 60 s"
-            time.sleep(0.2)
+        wait_until(lambda: self._ready(folder), 60, "prometheus is ready", interval=0.2)
+
+    def _ready(self, folder: Path) -> bool:
+        """Whether /-/ready answers (asserts the process is still running)."""
+        assert self.proc.poll() is None, (folder / "prometheus.log").read_text()
+        try:
+            return bool(fetch(f"{self.url}/-/ready", timeout=2))
+        except (urllib.error.URLError, ConnectionError, OSError):
+            return False
 
     def query(self, expr: str) -> dict:
         """The JSON answer of /api/v1/query (instant query, now); asserts it succeeded."""
@@ -129,12 +134,23 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def wait_for(self, expr: str, expected: float, timeout: float = 30.0) -> Optional[float]:
+        """Poll ``expr`` until its value is ``expected``; returns the last value read."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.value(expr)
             if value == expected or time.monotonic() > deadline:
                 return value
             time.sleep(0.25)
+
+    def without_data(self, exprs: List[str], timeout: float = 60.0) -> List[str]:
+        """Poll every expression until each has returned data; those still without any at the deadline."""
+        empty = list(exprs)
+        deadline = time.monotonic() + timeout
+        while empty and time.monotonic() < deadline:
+            empty = [expr for expr in empty if not self.query(concrete(expr))["result"]]
+            if empty:
+                time.sleep(0.25)
+        return empty
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -146,43 +162,41 @@ class Prometheus:
         self.log.close()
 
 
-def run_edge_client(server: ServerProcess, metrics_port: int, frames: int) -> dict:
-    """Stream ``frames`` demo frames through a real edge-client; scrape its /metrics while it runs.
+def run_edge_client(server_port: int, metrics_port: int, frames: int) -> dict:
+    """``edge-client --demo --frames N --task human --metrics-port PORT`` (the tiny random codec), run in
+    this process with the client's own parser, codec options and :func:`icmh.edge.cli.stream`.
 
-    Returns the exit code, the output, and the last /metrics page read after its first frame
-    was sent (the client serves metrics only while it runs).
+    Its /metrics page (the client's :class:`EdgeMetrics`, served by the same function the
+    client uses) stays up after the last frame until the caller stops ``run["http"]``:
+    the ``edge-client`` process stops serving when its stream ends, before Prometheus
+    has scraped the final values. Returns the exit status, the page read after the
+    stream ended and the metrics server.
     """
-    command = [sys.executable, "-m", "icmh.edge.cli", "--demo", "--frames", str(frames), "--task", "human",
-               "--server", f"127.0.0.1:{server.port}", "--metrics-port", str(metrics_port),
-               "--output", "/dev/null", *CODEC]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**__import__("os").environ, "ICMH_OFFLINE": "1"})
-    page = None
-    deadline = time.monotonic() + 180
-    try:
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                text = fetch(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2)
-                if re.search(r"^icmh_edge_frames_sent_total\{[^}]*\} [1-9]", text, re.M):
-                    page = text
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            time.sleep(0.1)
-        output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    return {"code": proc.returncode, "output": output, "metrics": page}
+    from icmh.cli.common import codec_options
+    from icmh.codec.loader import open_frame_codec
+    from icmh.edge import cli as edge_cli
+    from icmh.edge.metrics import EdgeMetrics
+    from icmh.edge.sources import open_source
+    from icmh.service.metrics import start_metrics_server
+
+    args = edge_cli.build_parser().parse_args(
+        ["--demo", "--frames", str(frames), "--task", "human", "--server", f"127.0.0.1:{server_port}",
+         "--metrics-port", str(metrics_port), "--output", "/dev/null", *CODEC])
+    metrics = EdgeMetrics()
+    http = start_metrics_server(args.metrics_port, metrics.registry)
+    frame_codec = open_frame_codec(codec_options(args), [Task.HUMAN])
+    code = edge_cli.stream(args, open_source("demo", None, frames), frame_codec, Task.HUMAN, metrics)
+    return {"code": code, "metrics": fetch(f"http://127.0.0.1:{metrics_port}/metrics"), "http": http}
 
 
 # --- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    process = ServerProcess("--tasks", "human")
-    yield process
-    process.stop()
+def server() -> Iterator[InProcessServer]:
+    """A cloud server for task human, its metrics on a free port."""
+    instance = InProcessServer(server_config([Task.HUMAN]), metrics_http=True)
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture(scope="module")
@@ -205,13 +219,15 @@ def prometheus(server, tmp_path_factory) -> Iterator[Prometheus]:
 
 
 @pytest.fixture(scope="module")
-def streamed(server, prometheus) -> dict:
-    """FRAMES frames sent by a live edge-client while Prometheus scrapes server and client."""
+def streamed(server, prometheus) -> Iterator[dict]:
+    """FRAMES frames sent by the edge client while Prometheus scrapes server and client."""
+    from icmh.service.metrics import stop_metrics_server
+
     assert prometheus.wait_for('up{job="icmh-cloud-server"}', 1.0, timeout=20) == 1.0
-    run = run_edge_client(server, prometheus.edge_port, FRAMES)
-    assert run["code"] == 0, run["output"]
-    assert run["metrics"] is not None, "never read the edge client's /metrics after a frame:\n" + run["output"]
-    return run
+    run = run_edge_client(server.port, prometheus.edge_port, FRAMES)
+    assert run["code"] == 0
+    yield run
+    stop_metrics_server(*run["http"])
 
 
 # --- tests ---------------------------------------------------------------------------------------
@@ -236,28 +252,31 @@ def test_prometheus_scrapes_exactly_the_frames_the_server_received(server, prome
                     (("codec", "mbt2018-mean-tiny"), ("quality", "1"), ("task", "human")))] == FRAMES
 
 
+DROPPED = "icmh_edge_frames_dropped_total"
+
+
 @needs_prometheus
-def test_every_dashboard_query_runs_in_prometheus(prometheus, streamed):
-    assert prometheus.wait_for('sum(icmh_bits_per_pixel_count)', FRAMES) == FRAMES
-    time.sleep(2.5)   # a few more scrapes, so rate() has two points after the last frame
-    empty = []
-    for expr in dashboard_exprs():
-        result = prometheus.query(concrete(expr))["result"]
-        if not result and "icmh_edge_" not in expr and "code!=" not in expr:
-            empty.append(expr)
-    # cloud panels have data now (edge series depend on scrape timing; errors never happened)
+def test_every_dashboard_panel_has_data_after_frames_were_sent(prometheus, streamed):
+    """Every query of every panel, cloud and edge, returns data (rate() once two scrapes followed the
+    frames); the dropped-frames panel has none because no frame was dropped."""
+    assert prometheus.wait_for('sum(icmh_edge_frames_sent_total{job="icmh-edge"})', FRAMES) == FRAMES
+    exprs = dashboard_exprs()
+    empty = prometheus.without_data([expr for expr in exprs if DROPPED not in expr])
     assert not empty, "dashboard queries without data after frames were sent:\n" + "\n".join(empty)
+    assert re.search(rf"^{DROPPED}\{{", streamed["metrics"], re.M) is None  # nothing dropped: no series
+    dropped = [expr for expr in exprs if DROPPED in expr]
+    assert dropped and all(prometheus.query(concrete(expr))["result"] == [] for expr in dropped)
 
 
 @needs_prometheus
 def test_dashboard_uses_only_metric_names_and_labels_the_processes_export(server, streamed):
     cloud_text = fetch(f"http://127.0.0.1:{server.metrics_port}/metrics")
     cloud, edge = exported_names(cloud_text), exported_names(streamed["metrics"])
-    # the TYPE-derived names are what the live pages really carry, now that frames went through
-    live = sample_names(cloud_text)
-    assert {name for name in cloud if name.startswith("icmh_")} <= live
     used = {name for expr in dashboard_exprs() for name in METRIC.findall(expr)}
     assert used, "no icmh_ metric in the dashboard"
+    # now that frames went through, the live pages carry samples of every one of them (no frame was dropped)
+    live = sample_names(cloud_text) | sample_names(streamed["metrics"])
+    assert {name for name in used if name != DROPPED} <= live, sorted(used - live - {DROPPED})
     unknown = {n for n in used if n not in (edge if n.startswith("icmh_edge_") else cloud)}
     assert not unknown, f"dashboard metrics nobody exports: {sorted(unknown)}"
     # every SYSTEM.md panel is there: bpp, latency per stage, requests, pending, streams, drops

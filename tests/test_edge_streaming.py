@@ -1,4 +1,7 @@
-"""edge-client streaming to a real cloud-server on loopback: results, reconnects, errors."""
+"""edge-client streaming to a real cloud-server on loopback: results, reconnects, errors.
+
+The servers run in this process (:class:`support.InProcessServer`) except where one is killed.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,13 @@ import os
 import re
 import subprocess
 import sys
-import time
+
+import pytest
+
+from icmh.tasks import Task
 
 from server_process import ROOT, ServerProcess, free_port
+from support import InProcessServer, server_config, smooth_image, wait_until
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
 
@@ -25,7 +32,7 @@ def _results(path) -> list:
 
 
 def test_stream_of_an_image_folder_gets_one_result_per_frame_in_order(tmp_path, kodak_dir):
-    server = ServerProcess("--tasks", "human")
+    server = InProcessServer(server_config([Task.HUMAN]))
     try:
         out = tmp_path / "results.jsonl"
         edge = _edge("--images", str(kodak_dir), "--frames", "5", "--task", "human", *TINY, "--random-weights",
@@ -48,11 +55,10 @@ def test_server_killed_and_restarted_mid_stream_loses_no_frame(tmp_path):
     edge = _edge("--demo", "--frames", "12", "--window", "2", "--task", "human", *TINY, "--random-weights",
                  "--server", f"127.0.0.1:{port}", "--output", str(out))
     try:
-        deadline = time.monotonic() + 200
-        while (not out.exists() or len(out.read_text().splitlines()) < 3) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        server.kill()
-        time.sleep(1.0)
+        wait_until(lambda: edge.poll() is not None or (out.exists() and len(out.read_text().splitlines()) >= 3), 200,
+                   "3 frames answered")
+        assert edge.poll() is None, "the edge client ended before the server was killed"
+        server.kill()  # returns once the process is gone: its port is closed
         server = ServerProcess("--tasks", "human", port=port)
         _, err = edge.communicate(timeout=300)
         assert edge.returncode == 0, err
@@ -78,13 +84,11 @@ def test_unreachable_server_and_unknown_task_are_one_line_errors():
 def test_live_source_drops_the_oldest_unsent_frames_when_the_window_is_full():
     import asyncio
 
+    from icmh.codec.loader import CodecOptions, open_frame_codec
     from icmh.edge.metrics import EdgeMetrics
     from icmh.edge.streaming import FrameStreamer
-    from icmh.codec.loader import CodecOptions, open_frame_codec
-    from icmh.tasks import Task
-    from conftest import smooth_image
 
-    server = ServerProcess("--tasks", "human")
+    server = InProcessServer(server_config([Task.HUMAN]))
     try:
         codec = open_frame_codec(CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_codec=True))
         encoded = codec.encode([smooth_image(360, 640, seed) for seed in range(2)], Task.HUMAN)
@@ -103,9 +107,8 @@ def test_without_server_the_user_command_streams_to_icmh_server_and_prints_resul
     """The design card's words, ``edge-client --images DIR --task detection``, with no --server: $ICMH_SERVER."""
     folder = data_dir / "coco-mini" / "val2017"
     if not folder.is_dir():
-        import pytest
         pytest.skip(f"{folder} not found (set ICMH_DATA_DIR)")
-    server = ServerProcess("--tasks", "detection")
+    server = InProcessServer(server_config([Task.DETECTION]))
     try:
         out = tmp_path / "results.jsonl"
         annotated = tmp_path / "annotated"

@@ -2,7 +2,8 @@
 
 Each run codes a few real images with the trained tiny codec, JPEG and WebP, scores the
 model's results with pycocotools / labels.csv, and its uncompressed row must be exactly
-what the model gives on those images through the loader path that the ``test_taskmodel_*``
+what the model gives on those images, scored here by pycocotools' COCOeval itself / the
+labels, through the loader path that the ``test_taskmodel_*``
 files check against the published figures on the full sets (YOLOX-nano box AP ≥ 29,
 YOLOv5n-seg mask AP ≥ 27, SqueezeNet top-1 68 % ± 2, MobileNetV2 top-1 ≥ 83 %).
 """
@@ -15,10 +16,11 @@ import pytest
 
 from icmh.cli.main import main
 from icmh.evaluation.datasets import open_eval_set
-from icmh.evaluation.scoring import DetectionScorer
 from icmh.images import load_image
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, TASK_MODELS, ModelOptions, load_task_model
 from icmh.tasks import Task
+
+from support import coco_results, cocoeval_ap
 
 IMAGES = 6
 CASES = [("detection", "yolox-nano", "coco-mini"), ("segmentation", "yolov5n-seg", "coco-mini"),
@@ -34,10 +36,13 @@ def _expected_uncompressed(task: Task, model_name: str, folder) -> dict:
     if task is Task.CLASSIFICATION:
         hits = [r.classes[0].index == item.label for r, item in zip(results, eval_set.images)]
         return {"top1": 100 * sum(hits) / len(hits)}
-    scorer = DetectionScorer(eval_set.coco, masks=task is Task.SEGMENTATION)
-    for item, result in zip(eval_set.images, results):
-        scorer.add(item.image_id, result)
-    return scorer.compute()
+    ids = [item.image_id for item in eval_set.images]
+    boxes = [entry for image_id, result in zip(ids, results) for entry in coco_results(image_id, result)]
+    expected = dict(zip(("AP", "AP50"), cocoeval_ap(eval_set.coco, boxes, ids)))
+    if task is Task.SEGMENTATION:
+        masks = [entry for image_id, result in zip(ids, results) for entry in coco_results(image_id, result, True)]
+        expected.update(zip(("mask_AP", "mask_AP50"), cocoeval_ap(eval_set.coco, masks, ids, "segm")))
+    return expected
 
 
 @pytest.mark.parametrize("task, model, folder", CASES, ids=[case[1] for case in CASES])

@@ -5,17 +5,15 @@ the decoder runs in another process with two threads and decodes same-size frame
 batches. Both ends use the bundled, trained ``mbt2018-mean-tiny`` quality 1 codec
 (task ``human``, and task ``detection`` with seeded random adapters made the same way
 on both ends). The latent the decoder reconstructs must be bit-identical to the one the
-encoder quantised, for every image. Without the Kodak images the round trip runs on a
-few synthetic smooth images instead (and says so).
+encoder quantised, for every image. Without the Kodak images these tests skip and say so.
+(Frames with an altered index check are in ``test_malformed_frames.py``.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,15 +24,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from icmh.codec.bitstream import pack_frame, parse_frame
-from icmh.errors import IndexMismatchError
-from icmh.codec.frame_codec import FrameCodec
-from icmh.images import load_image, save_image
-from icmh.paths import default_data_dir
-from icmh.tasks import Task
-from icmh.codec.weights import BUNDLED_DIR, load_base_codec
-
-from conftest import smooth_image
+from icmh.codec.weights import BUNDLED_DIR
 
 WORKER = Path(__file__).resolve().parent / "roundtrip_worker.py"
 TINY = ("mbt2018-mean-tiny", 1)
@@ -51,27 +41,6 @@ def require_tiny_weights() -> None:
     if not TINY_WEIGHTS.is_file():
         pytest.fail(f"bundled weights {TINY_WEIGHTS} are missing (rebuild them with 'icmh train-codec "
                     f"--codec mbt2018-mean-tiny --out {TINY_WEIGHTS}')")
-
-
-def kodak_folder() -> Path:
-    return default_data_dir() / "kodak"
-
-
-def kodak_images() -> List[Path]:
-    folder = kodak_folder()
-    return sorted(folder.glob("kodim*.png")) if folder.is_dir() else []
-
-
-def synthetic_images(folder: Path) -> List[Path]:
-    """Six smooth PNGs with more or less detail: three 192×320 and three 320×192 (batches of 3 form)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for seed in range(6):
-        height, width = (192, 320) if seed < 3 else (320, 192)
-        path = folder / f"synthetic{seed:02d}.png"
-        save_image(smooth_image(height, width, seed, cell=(48, 16, 6)[seed % 3]), path)
-        paths.append(path)
-    return paths
 
 
 def pick_per_orientation(paths: List[Path], per_orientation: int) -> List[Path]:
@@ -104,17 +73,11 @@ def wait_all(procs: Dict[str, subprocess.Popen]) -> None:
 
 
 @pytest.fixture(scope="module")
-def image_set(tmp_path_factory) -> Dict[str, object]:
-    images = kodak_images()
-    if images:
-        return {"source": "kodak", "human": images,
-                "detection": pick_per_orientation(images, DETECTION_PER_ORIENTATION)}
-    message = (f"Kodak images not found in {kodak_folder()} (set ICMH_DATA_DIR); the exact-decoding round "
-               f"trip runs on 6 synthetic smooth images instead")
-    print(message)
-    warnings.warn(message)
-    synthetic = synthetic_images(tmp_path_factory.mktemp("synthetic"))
-    return {"source": "synthetic", "human": synthetic, "detection": synthetic}
+def image_set(kodak_dir) -> Dict[str, List[Path]]:
+    """The 24 Kodak images (task human) and 3 landscape + 3 portrait ones (task detection)."""
+    images = sorted(kodak_dir.glob("kodim*.png"))
+    assert [p.name for p in images] == [f"kodim{i:02d}.png" for i in range(1, 25)]
+    return {"human": images, "detection": pick_per_orientation(images, DETECTION_PER_ORIENTATION)}
 
 
 @pytest.fixture(scope="module")
@@ -201,66 +164,8 @@ def test_detection_round_trip_used_the_same_nonzero_adapters_on_both_ends(round_
     assert differing == len(encoder["images"])
 
 
-def test_frame_sizes_depend_on_image_content(round_trips, image_set):
+def test_frame_sizes_depend_on_image_content(round_trips):
     sizes = [entry["frame_bytes"] for entry in round_trips["human"]["encoder"]["images"]]
-    if image_set["source"] == "kodak":
-        assert len(sizes) == 24, "the Kodak folder should hold kodim01..kodim24"
-        assert len(set(sizes)) >= 10, f"frame sizes barely depend on content: {sorted(sizes)}"
-    else:
-        print("Kodak absent: content dependence checked on synthetic images only")
-        assert len(set(sizes)) >= 3, f"frame sizes barely depend on content: {sorted(sizes)}"
+    assert len(sizes) == 24 and len(set(sizes)) >= 10, f"frame sizes barely depend on content: {sorted(sizes)}"
     # Same-size images still give different sizes: the payload is content-dependent.
     assert max(sizes) > min(sizes) * 1.2, sorted(sizes)
-
-
-def test_kodak_set_is_present_for_the_full_round_trip():
-    images = kodak_images()
-    if not images:
-        pytest.skip(f"Kodak images not found in {kodak_folder()} (set ICMH_DATA_DIR); "
-                    "the round trip ran on synthetic images instead")
-    assert [p.name for p in images] == [f"kodim{i:02d}.png" for i in range(1, 25)]
-
-
-# -- index check ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_codec() -> FrameCodec:
-    require_tiny_weights()
-    return FrameCodec(load_base_codec(*TINY))
-
-
-@pytest.fixture(scope="module")
-def small_frames(tiny_codec) -> List[bytes]:
-    images = kodak_images()
-    if images:
-        crops = [load_image(path)[:, :128, :192] for path in images[:3]]
-    else:
-        crops = [smooth_image(128, 192, seed) for seed in range(3)]
-    return [frame.data for frame in tiny_codec.encode(crops, Task.HUMAN)]
-
-
-def with_index_check(data: bytes, index_check: int) -> bytes:
-    frame = parse_frame(data)
-    return pack_frame(dataclasses.replace(frame.header, index_check=index_check), list(frame.strings))
-
-
-def test_untouched_small_frames_decode(tiny_codec, small_frames):
-    decoded = tiny_codec.decode(small_frames)
-    assert [tuple(d.image.shape) for d in decoded] == [(3, 128, 192)] * 3
-
-
-@pytest.mark.parametrize("flip", [1, 0x80000000, 0xFFFFFFFF])
-def test_frame_with_altered_index_check_raises_index_mismatch(tiny_codec, small_frames, flip):
-    original = parse_frame(small_frames[0]).header.index_check
-    altered = with_index_check(small_frames[0], original ^ flip)
-    parse_frame(altered)  # the container (CRC included) is still valid
-    with pytest.raises(IndexMismatchError) as info:
-        tiny_codec.decode([altered])
-    message = str(info.value)
-    assert "indexes" in message and "\n" not in message
-
-
-def test_one_altered_index_check_in_a_batch_fails_the_batch(tiny_codec, small_frames):
-    frames = list(small_frames)
-    frames[1] = with_index_check(frames[1], parse_frame(frames[1]).header.index_check ^ 0x1234)
-    with pytest.raises(IndexMismatchError, match="indexes"):
-        tiny_codec.decode(frames)

@@ -12,7 +12,7 @@ from icmh.images import load_image
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec
 
-from conftest import smooth_image
+from support import smooth_image
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def tiny() -> FrameCodec:
 @pytest.mark.parametrize("height,width", [(1, 1), (65, 97), (64, 64), (130, 47)])
 def test_any_image_size_round_trips(tiny, height, width):
     image = smooth_image(height, width, seed=height)
-    frame = tiny.encode([image], Task.HUMAN)[0]
+    frame = tiny.encode([image], Task.HUMAN, keep_latents=True)[0]
     decoded = tiny.decode([frame.data])[0]
     assert decoded.image.shape == (3, height, width)
     assert torch.equal(decoded.y_hat, frame.y_hat)
@@ -33,6 +33,7 @@ def test_any_image_size_round_trips(tiny, height, width):
 
 def test_bits_per_pixel_counts_every_byte(tiny):
     frame = tiny.encode([smooth_image(96, 80)], Task.HUMAN)[0]
+    assert frame.y_hat is None  # frames that travel carry no latent tensor
     assert frame.bpp == len(frame.data) * 8 / (96 * 80)
     parsed = parse_frame(frame.data)
     assert parsed.size_bytes == len(frame.data) > sum(len(s) for s in parsed.strings)
@@ -46,8 +47,8 @@ def test_bitstream_sizes_depend_on_content(tiny, kodak_dir):
 
 def test_mixed_sizes_and_tasks_decode_in_input_order(tiny):
     images = [smooth_image(64, 64, 1), smooth_image(70, 90, 2), smooth_image(64, 64, 3)]
-    human = tiny.encode(images, Task.HUMAN)
-    detection = tiny.encode(images[:1], Task.DETECTION)
+    human = tiny.encode(images, Task.HUMAN, keep_latents=True)
+    detection = tiny.encode(images[:1], Task.DETECTION, keep_latents=True)
     frames = [human[0], detection[0], human[1], human[2]]
     decoded = tiny.decode([f.data for f in frames])
     assert [d.task for d in decoded] == [Task.HUMAN, Task.DETECTION, Task.HUMAN, Task.HUMAN]

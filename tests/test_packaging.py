@@ -60,11 +60,16 @@ def test_every_console_script_runs(installed, tmp_path):
     assert info.returncode == 0 and "287,232" in info.stdout, info.stderr  # the METHOD.md table, from the wheel
 
 
-def test_the_installed_package_carries_its_trained_codecs(installed, tmp_path):
+def test_the_installed_package_carries_its_trained_codecs_and_restoration_networks(installed, tmp_path):
     found = _run(installed, "python", "-c", "from icmh.codec.weights import BUNDLED_DIR; "
                                             "print(sorted(p.name for p in BUNDLED_DIR.glob('*.safetensors')))",
                  cwd=tmp_path)
     assert "mbt2018-mean-tiny-1.safetensors" in found.stdout, found.stderr
+    restoration = _run(installed, "python", "-c", "from icmh.restoration import bundled_weights_path; "
+                                                  "from icmh.tasks import RESTORATION_TASKS; "
+                                                  "print([bundled_weights_path(t).is_file() for t in RESTORATION_TASKS])",
+                       cwd=tmp_path)
+    assert restoration.stdout.strip() == "[True, True, True, True]", restoration.stderr
 
 
 def test_a_missing_extra_is_one_error_naming_it():

@@ -17,7 +17,7 @@ from icmh.tasks import Task
 from icmh.training.data import RandomCrops
 from icmh.training.rd import RDTrainConfig, train_base_codec
 
-from conftest import smooth_image
+from support import smooth_image
 
 TINY = dict(codec="mbt2018-mean-tiny", quality=1, batch_size=2, crop=64, lr=1e-3, lmbda=0.01, checkpoint_every=0)
 

@@ -1,4 +1,5 @@
-"""TLS, mutual TLS and bearer tokens on real cloud-server processes on loopback."""
+"""TLS, mutual TLS and bearer tokens on real cloud servers on loopback (in this process, see
+:class:`support.InProcessServer`), with real ``edge-client`` processes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from icmh.cloud import cli as server_cli
-from icmh.cloud.auth import BearerTokenInterceptor, load_tokens
+from icmh.cloud.auth import TOKENS_ENV, BearerTokenInterceptor, load_tokens
+from icmh.cloud.tls import load_server_tls
 from icmh.edge import cli as edge_cli
 from icmh.edge.connection import load_client_security
 from icmh.codec.loader import CodecOptions, open_frame_codec
@@ -25,8 +27,8 @@ from icmh.v1 import icmh_pb2 as pb
 from icmh.v1 import icmh_pb2_grpc as pb_grpc
 from icmh.tasks import Task
 
-from conftest import smooth_image
-from server_process import ROOT, start_servers, stop_servers
+from server_process import ROOT
+from support import InProcessServer, server_config, smooth_image
 from tls_certs import make_pki
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
@@ -43,15 +45,20 @@ def pki(tmp_path_factory):
 def servers(pki, tmp_path_factory):
     """A TLS server with a tokens file and a mutual-TLS server with tokens from the environment.
 
-    Both see ``$ICMH_AUTH_TOKENS``: the tokens file takes precedence on the first.
+    Both see ``$ICMH_AUTH_TOKENS``: the tokens file takes precedence on the first (as
+    ``cloud-server --auth-tokens-file`` reads them).
     """
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.txt"
     tokens.write_text(f"# camera tokens\n{FILE_TOKENS[0]}\n\n  {FILE_TOKENS[1]}  \n")
-    tls = ["--tasks", "human", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
-    started = start_servers([*tls, "--auth-tokens-file", str(tokens)], [*tls, "--tls-client-ca", str(pki.ca)],
-                            env={"ICMH_AUTH_TOKENS": ",".join(ENV_TOKENS)})
-    yield dict(zip(("tls", "mtls"), started))
-    assert stop_servers(started) == [0, 0]
+    environ = {TOKENS_ENV: ",".join(ENV_TOKENS)}
+    tls = load_server_tls(pki.server_cert, pki.server_key, None)
+    mutual_tls = load_server_tls(pki.server_cert, pki.server_key, pki.ca)
+    started = {
+        "tls": InProcessServer(server_config([Task.HUMAN], tls=tls, auth_tokens=load_tokens(tokens, environ))),
+        "mtls": InProcessServer(server_config([Task.HUMAN], tls=mutual_tls, auth_tokens=load_tokens(None, environ))),
+    }
+    yield started
+    assert [server.stop() for server in started.values()] == [0, 0]
 
 
 @pytest.fixture(scope="module")

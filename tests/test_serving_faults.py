@@ -15,6 +15,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import List, Optional, Sequence, Tuple
 
@@ -24,16 +25,15 @@ import torch
 
 from icmh.cloud.pipeline import Job, Pipeline
 from icmh.cloud.server import SERVER_LIMITS, ServerConfig
-from icmh.codec.bitstream import FrameHeader, pack_frame, parse_frame
+from icmh.codec.bitstream import pack_frame, parse_frame
 from icmh.codec.loader import CodecOptions, open_frame_codec
 from icmh.results import TaskResult
 from icmh.taskmodels import ModelOptions, TaskModel, load_task_model
 from icmh.tasks import Task
 from icmh.v1 import icmh_pb2 as pb
 
-from conftest import smooth_image
-from server_process import ROOT, ServerProcess
-from support import InProcessServer
+from server_process import ROOT
+from support import InProcessServer, smooth_image
 
 POISON_WIDTH = 96
 TINY = CodecOptions(codec="mbt2018-mean-tiny", quality=1, random_adapters=True, limits=SERVER_LIMITS)
@@ -239,16 +239,21 @@ def test_refusals_are_counted_by_reason(frame_codec):
 
 def test_an_idle_stream_is_ended(frame_codec):
     server = _poisoned_server(stream_idle_timeout=1.0)
+    ended = threading.Event()
     try:
-        def slow():
+        def idle():
+            """One frame, then nothing until the stream has ended (the behaviour under test: a silent client)."""
             yield pb.InferRequest(frame_id=0, bitstream=frame_codec.encode([smooth_image(64, 64)], Task.HUMAN)[0].data)
-            time.sleep(4)
+            ended.wait(60)
             yield pb.InferRequest(frame_id=1, bitstream=b"never read")
 
         answered = []
         with pytest.raises(grpc.RpcError) as info:
-            for response in server.stub.StreamInfer(slow(), timeout=60):
-                answered.append(response.frame_id)
+            try:
+                for response in server.stub.StreamInfer(idle(), timeout=60):
+                    answered.append(response.frame_id)
+            finally:
+                ended.set()
         assert answered == [0] and info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert server.value("icmh_refused_total", reason="idle") == 1
     finally:

@@ -28,7 +28,7 @@ from icmh.codec.loader import CodecOptions, open_frame_codec
 from icmh.tasks import Task
 from icmh.v1 import icmh_pb2 as pb
 
-from conftest import smooth_image
+from support import smooth_image
 from server_process import ROOT, ServerProcess
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]

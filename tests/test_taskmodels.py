@@ -33,7 +33,6 @@ from icmh.taskmodels.squeezenet import WEIGHTS as SQUEEZENET_WEIGHTS
 from icmh.taskmodels.torchvision_models import FASTER_RCNN, MASK_RCNN, RESNET50
 from icmh.tasks import Task
 
-from conftest import smooth_image
 
 SHORT_SIDE = 256
 FAST_DETECTOR = dict(min_size=SHORT_SIDE, max_size=384, max_proposals=50, max_detections=10)
@@ -250,6 +249,7 @@ def test_models_run_on_cuda_and_return_the_same_structures(images):
     segmenter = _rcnn(Task.SEGMENTATION, "maskrcnn_resnet50_fpn", device="cuda")
     for result, image in zip(segmenter.infer(frames), images):
         _check_frame(result, "segmentation", image)
+        assert result.detections, "Mask R-CNN at score threshold 0 found nothing"
         _check_detections(result)
     classifier = load_task_model(Task.CLASSIFICATION, "resnet50", ModelOptions(random_weights=True, device="cuda"))
     assert all(len(result.classes) == 5 for result in classifier.infer(frames))

@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -25,14 +24,13 @@ from icmh.models.registry import get_codec
 from icmh.paths import default_data_dir
 from icmh.tasks import Task
 
-from icmh.cli.commands import bench_models, bench_serve, bench_train
+from icmh.cli.commands import bench_models, bench_serve, bench_train, bench_universal
+from icmh.cli.commands.timing import Runs, time_interleaved
 
 BENCH_SIZE = (512, 768)  # H, W of a landscape Kodak image
 FPS_SIZES = {"640x480": (480, 640), "1280x720": (720, 1280)}
 MATMUL_SIZE = 2048
 ADAPTED = Task.DETECTION  # the task whose (trained or random) adapters are timed
-
-Runs = Dict[str, Callable[[], object]]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_serve.register(benches)
     bench_train.register(benches)
     bench_models.register(benches)
+    bench_universal.register(benches)
 
 
 def bench_images(folder: Path, count: int) -> List[torch.Tensor]:
@@ -75,24 +74,6 @@ def smooth_frame(size: Tuple[int, int], generator: torch.Generator) -> torch.Ten
     """A 3×H×W image of smooth noise (``size`` = (H, W))."""
     noise = torch.rand(1, 3, size[0] // 16, size[1] // 16, generator=generator)
     return F.interpolate(noise, size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-@torch.no_grad()
-def time_interleaved(fns: Runs, repeats: int) -> Dict[str, float]:
-    """Median milliseconds of each of ``fns`` after one warm-up call; the calls alternate repeat by repeat."""
-    for fn in fns.values():
-        fn()
-    seconds: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            seconds[name].append(_timed(fn))
-    return {name: 1e3 * statistics.median(values) for name, values in seconds.items()}
 
 
 def matmul_rates(repeats: int) -> Dict[str, float]:

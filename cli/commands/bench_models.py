@@ -16,7 +16,6 @@ from icmh.errors import IcmhError
 from icmh.images import load_image
 from icmh.paths import default_data_dir
 from icmh.taskmodels import TASK_MODELS, ModelOptions, TaskModelSpec, load_task_model
-from icmh.tasks import Task
 
 FRAME_SIZE = (480, 640)  # a VGA camera frame (H, W)
 STANDS_IN = {"yolox-nano": "fasterrcnn_resnet50_fpn", "yolov5n-seg": "maskrcnn_resnet50_fpn",

@@ -47,7 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="rate–accuracy curves: base codec, adapted codec, JPEG, WebP; BD table and plot",
         description="Code every image of DATA with each method at each quality, run the task model on the "
                     "reconstruction and score it: COCO AP/AP50 (boxes; masks for segmentation) with pycocotools, "
-                    "top-1/top-5 from labels.csv, or PSNR/MS-SSIM for human. Each task model's own input "
+                    "top-1/top-5 from labels.csv, or PSNR/MS-SSIM for human. The restoration tasks (denoise, deblur, "
+                    "super-resolution, low-light) code each clean image degraded with the task's seeded degradation, "
+                    "restore every reconstruction with the task's network and score PSNR/SSIM/MS-SSIM against the "
+                    "clean image and BRISQUE (no reference, lower is better), with two rows without rate: the "
+                    "restored uncompressed input and the degraded input itself. Each task model's own input "
                     "geometry is coded (METHOD.md): YOLOX at long side 416, YOLOv5 at 640, SqueezeNet 227, "
                     "MobileNetV2 its 224 centre crop, the R-CNNs short side 800 (max 1333), ResNet-50 its "
                     "resize-256 centre-crop-224; results are mapped back to the original image. Rate is the real "
@@ -63,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", choices=[t.value for t in Task], help="the task to evaluate (without --suite)")
     parser.add_argument("--data", type=Path,
                         help="image folder: COCO-style (annotations/instances_*.json + val2017/), ImageNet-style "
-                             "(labels.csv) or plain images (without --suite)")
+                             "(labels.csv) or plain images; for the restoration tasks with its sub-folders "
+                             "(e.g. sr-bench) (without --suite)")
     parser.add_argument("--annotations", type=Path, help="COCO instances json (default: found under DATA)")
     parser.add_argument("--labels", type=Path, help="classification labels CSV (default: DATA/labels.csv)")
     parser.add_argument("--images", type=positive_int, help="evaluate only the first N images (default: all)")
@@ -76,7 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--qualities", type=int_list, default=list(defaults.qualities),
                         help="codec qualities, comma-separated (default: 1,2,3,4)")
     parser.add_argument("--methods", type=name_list, default=list(defaults.methods),
-                        help=f"methods, comma-separated among {','.join(METHODS)} (default: all)")
+                        help=f"methods, comma-separated among {','.join(METHODS)} (default: "
+                             f"{','.join(defaults.methods)}; universal: one bitstream for every consumer, decoded "
+                             f"by --head, from the universal adapter files of --adapters or the shipped ones)")
+    parser.add_argument("--head", metavar="CONSUMER",
+                        help="method universal: the decoder head whose output the task model gets (default: the "
+                             "task's own; e.g. machine, to measure a task model the codec was never trained with)")
     parser.add_argument("--jpeg-qualities", type=int_list, default=list(defaults.jpeg_qualities),
                         help="Pillow JPEG qualities (default: 5,10,20,40)")
     parser.add_argument("--webp-qualities", type=int_list, default=list(defaults.webp_qualities),
@@ -130,7 +140,7 @@ def _config(args: argparse.Namespace, task: Task) -> EvalConfig:
         adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
         images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
         max_proposals=args.max_proposals, device=args.device, random_task_model="task models" in parts,
-        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed,
+        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, head=args.head,
     )
 
 

@@ -1,4 +1,4 @@
-"""The one-frame bitstream container (format version 1).
+"""The one-frame bitstream container (format versions 1 to 3).
 
 A frame carries the entropy-coded strings of one image together with everything the
 decoder needs to check that it can decode them: which codec and quality wrote it,
@@ -7,22 +7,35 @@ the entropy-coding indexes. All integers are big-endian::
 
     offset size field
     0      4    magic b"ICMH"
-    4      1    format version (1)
-    5      1    flags (must be 0 in version 1)
+    4      1    format version (1, 2 or 3)
+    5      1    flags (must be 0 in version 1; version 2: bit 0 = universal; version 3: bit 0
+                universal, bit 1 = importance map; other bits 0)
     6      1    codec_id (u8, 1..255; 0 invalid)
     7      1    quality (u8, 1..255; 0 invalid)
-    8      1    task_id (u8)
+    8      1    task_id (u8; 0 in universal frames)
     9      1    n_strings (u8, 1..limits.max_strings)
     10     2    height (u16, >= 1)
     12     2    width (u16, >= 1)
     14     2    latent_height (u16) -- must equal ceil(height / 64)
     16     2    latent_width (u16)  -- must equal ceil(width / 64)
-    18     8    adapter_hash (all zero = no adapters)
+    18     8    adapter_hash (all zero = no adapters; universal frames: the shared encoder's)
     26     4    base_hash (fingerprint of the base codec weights)
     30     4    index_check (u32, CRC32 over the entropy-coding indexes)
     34     4*n  string lengths (u32 each)
     ...         the strings, concatenated in order
     last 4      frame CRC32 (zlib.crc32) over every byte before it
+
+Version 2 adds one flag and nothing else. A *universal* frame was coded by the shared
+encoder (the base encoder, or task-agnostic encoder adapters, named by ``adapter_hash``)
+for every consumer: the decoder picks the consumers (decoder heads) at decode time, and
+``task_id`` is 0. Single-task frames are still written as version 1, byte for byte as
+before, so readers of version 1 keep reading them; a version-1 reader refuses a universal
+frame with :class:`~icmh.errors.UnsupportedVersionError`.
+
+Version 3 adds the *importance* flag (bit 1): the frame's last string is an entropy-coded
+level map that sets the quantiser per 64×64 block (:mod:`icmh.models.importance`). Only
+frames that carry a map are written as version 3; a frame whose map is all zero omits the
+string and the flag and is written as before, byte for byte.
 
 :func:`pack_frame` raises :class:`ValueError` for a programming error (a header that
 cannot be written). :func:`parse_frame` treats its input as untrusted: every malformed
@@ -44,6 +57,9 @@ from icmh.hashing import ADAPTER_ID_BYTES, FINGERPRINT_BYTES
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "SINGLE_TASK_VERSION",
+    "UNIVERSAL_FLAG",
+    "IMPORTANCE_FLAG",
     "LATENT_STRIDE",
     "HEADER_SIZE",
     "CRC_SIZE",
@@ -59,7 +75,12 @@ __all__ = [
 ]
 
 MAGIC = b"ICMH"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # the highest version this module reads and writes
+SINGLE_TASK_VERSION = 1  # what frames without flags are written as
+UNIVERSAL_FLAG = 0x01
+IMPORTANCE_FLAG = 0x02  # format version 3: the frame carries an importance level map (a third string)
+IMPORTANCE_VERSION = 3
+_KNOWN_FLAGS = {1: 0x00, 2: UNIVERSAL_FLAG, 3: UNIVERSAL_FLAG | IMPORTANCE_FLAG}  # version -> the flag bits it defines
 LATENT_STRIDE = 64
 
 _HEADER = struct.Struct(">4sBBBBBBHHHH8s4sI")
@@ -133,6 +154,21 @@ class FrameHeader:
     adapter_hash: bytes  # exactly 8 bytes; all zero = no adapters
     base_hash: bytes  # exactly 4 bytes
     index_check: int  # 0 .. 2**32 - 1
+    universal: bool = False  # coded once for every consumer (format version 2)
+    importance: bool = False  # carries an importance level map as its last string (format version 3)
+
+    @property
+    def version(self) -> int:
+        """The format version this header is written in (3 with an importance map, else 2 only for
+        universal frames, else 1)."""
+        if self.importance:
+            return IMPORTANCE_VERSION
+        return 2 if self.universal else SINGLE_TASK_VERSION
+
+    @property
+    def flags(self) -> int:
+        """The flags byte."""
+        return (UNIVERSAL_FLAG if self.universal else 0) | (IMPORTANCE_FLAG if self.importance else 0)
 
     @property
     def latent_height(self) -> int:
@@ -209,6 +245,8 @@ def _check_header(header: FrameHeader, limits: Limits) -> None:
             raise ValueError(f"{name} must be exactly {size} bytes, got {value!r}")
     if not _is_int(header.index_check) or not 0 <= header.index_check <= _U32_MAX:
         raise ValueError(f"index_check must be an int in 0..{_U32_MAX}, got {header.index_check!r}")
+    if header.universal and header.task_id != 0:
+        raise ValueError(f"a universal frame has task_id 0, got {header.task_id}")
 
 
 def pack_frame(
@@ -251,8 +289,8 @@ def pack_frame(
         )
     fixed = _HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
-        0,
+        header.version,
+        header.flags,
         header.codec_id,
         header.quality,
         header.task_id,
@@ -349,10 +387,10 @@ def _parse_view(mv: memoryview, size: int, limits: Limits) -> Frame:
     if mv[:4] != MAGIC:
         raise BitstreamError("not an ICMH frame (bad magic)")
     version = mv[4]
-    if version != FORMAT_VERSION:
+    if version not in _KNOWN_FLAGS:
         raise UnsupportedVersionError(
             f"frame format version {version} is not supported "
-            f"(this decoder reads version {FORMAT_VERSION})"
+            f"(this decoder reads versions 1 to {FORMAT_VERSION})"
         )
     (
         _magic,
@@ -408,10 +446,14 @@ def _parse_view(mv: memoryview, size: int, limits: Limits) -> Frame:
         raise BitstreamError("frame is corrupted (CRC mismatch)")
 
     # Fields.
-    if flags != 0:
+    if flags & ~_KNOWN_FLAGS[version]:
         raise BitstreamError(
-            f"bad flags 0x{flags:02x}: must be 0 in frame format version {FORMAT_VERSION}"
+            f"bad flags 0x{flags:02x}: frame format version {version} defines "
+            f"0x{_KNOWN_FLAGS[version]:02x}"
         )
+    universal = bool(flags & UNIVERSAL_FLAG)
+    if universal and task_id != 0:
+        raise BitstreamError(f"bad task_id {task_id}: universal frames have task_id 0")
     if codec_id == 0:
         raise BitstreamError("bad codec_id 0: codec ids start at 1")
     if quality == 0:
@@ -438,5 +480,7 @@ def _parse_view(mv: memoryview, size: int, limits: Limits) -> Frame:
         adapter_hash=bytes(adapter_hash),
         base_hash=bytes(base_hash),
         index_check=index_check,
+        universal=universal,
+        importance=bool(flags & IMPORTANCE_FLAG),
     )
     return Frame(header=header, strings=tuple(strings), size_bytes=size)

@@ -5,10 +5,15 @@ images to multiples of 64, encodes them with the adapters of a task, and packs e
 into one self-describing frame (:mod:`icmh.codec.bitstream`). Decoding parses and validates
 the frame, checks that it was made with this codec, quality, base weights and adapter
 set, decodes it exactly and crops back to the original size.
+
+Universal frames (:meth:`FrameCodec.encode_universal`) are coded once by the shared
+encoder; :meth:`FrameCodec.decode_consumers` decodes one for several consumers, entropy
+decoding its latent once and running each consumer's decoder head on it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from icmh.codec.adapter_checkpoint import AdapterMetadata, load_adapters
+from icmh.codec.adapter_checkpoint import ROLE_HEAD, ROLE_SHARED_ENCODER, AdapterMetadata, load_adapters
 from icmh.codec.bitstream import (DEFAULT_LIMITS, Frame, FrameHeader, Limits, bits_per_pixel, check_image_size,
                                   pack_frame, parse_frame)
 from icmh.errors import AdapterMismatchError, BitstreamError, CodecMismatchError, InvalidInputError
@@ -25,6 +30,7 @@ from icmh.images import pad_to_block
 from icmh.models.adapted import AdaptedCodec, AdapterConfig, hyper_analysis
 from icmh.models.adapters import parameter_versions
 from icmh.models.encoder_paths import EAGER, Analysis, build_analysis, check_encoder_path, synthetic_images
+from icmh.models.importance import LevelCoder
 from icmh.models.latent_coding import CodedLatents
 from icmh.tasks import Task
 from icmh.codec.weights import LoadedCodec
@@ -40,7 +46,7 @@ class EncodedFrame:
     data: bytes
     height: int
     width: int
-    task: Task
+    task: Optional[Task]  # None: a universal frame (for every consumer)
     y_hat: Optional[Tensor] = None  # the quantised latent the decoder will rebuild: only with keep_latents
 
     @property
@@ -51,7 +57,10 @@ class EncodedFrame:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    """One decoded image (3×H×W float in [0, 1], on the codec's device) and its header."""
+    """One decoded image (3×H×W float in [0, 1], on the codec's device) and its header.
+
+    ``task``: the consumer it was decoded for (a single-task frame's own task).
+    """
 
     image: Tensor
     header: FrameHeader
@@ -89,23 +98,49 @@ class FrameCodec:
         for transform in (self.codec.base.g_a, self.codec.base.g_s):
             transform.register_forward_pre_hook(_channels_last)
         self.adapter_metadata: Dict[Task, AdapterMetadata] = {}
-        self._analyses: Dict[Task, Tuple[Tuple, Analysis]] = {}
+        self.head_metadata: Dict[Task, AdapterMetadata] = {}
+        self.shared_encoder_metadata: Optional[AdapterMetadata] = None
+        self._analyses: Dict[Optional[Task], Tuple[Tuple, Analysis]] = {}
 
     # -- adapters ---------------------------------------------------------------------------
     def load_adapters(self, path: Path, task: Optional[Task] = None) -> AdapterMetadata:
         """Load an adapter checkpoint (for ``task``, or the task it names); returns its metadata."""
         meta = load_adapters(self.codec, path, self.loaded.fingerprint, task)
-        self.adapter_metadata[Task.parse(meta.task)] = meta
+        if meta.role == ROLE_SHARED_ENCODER:
+            self.shared_encoder_metadata = meta
+        elif meta.role == ROLE_HEAD:
+            self.head_metadata[Task.parse(meta.task)] = meta
+        else:
+            self.adapter_metadata[Task.parse(meta.task)] = meta
         return meta
+
+    def check_heads(self) -> None:
+        """Raise :class:`AdapterMismatchError` if a loaded decoder head was trained on another shared
+        encoder than the one loaded (its frames would decode to nonsense)."""
+        want = self.codec.universal_hash().hex()
+        for consumer, meta in self.head_metadata.items():
+            if meta.encoder_id != want:
+                raise AdapterMismatchError(
+                    f"the {consumer.value} decoder head was trained on shared encoder {meta.encoder_id}, but this "
+                    f"codec encodes universal frames with {want}: load the shared-encoder file it was trained with")
 
     def add_random_adapters(self, task: Task, seed: int = 0, config: Optional[AdapterConfig] = None) -> None:
         """Give ``task`` seeded, randomly initialised adapters (for smoke runs, labelled random)."""
         seeded(seed + task.wire_id, lambda: self.codec.add_adapters(task, config or AdapterConfig(init="authors")))
 
+    def add_random_head(self, consumer: Task, seed: int = 0) -> None:
+        """Give ``consumer`` a seeded, randomly initialised decoder head (smoke runs, labelled random)."""
+        seeded(seed + 1000 + consumer.wire_id, lambda: self.codec.add_head(consumer, AdapterConfig(init="authors")))
+
     @property
     def tasks(self) -> List[Task]:
         """Tasks this codec can serve: ``human`` plus every task with adapters."""
         return [Task.HUMAN] + [Task(name) for name in self.codec.adapters]
+
+    @property
+    def consumers(self) -> List[Task]:
+        """Consumers of universal frames: ``human`` plus every consumer with a decoder head."""
+        return self.codec.consumers
 
     # -- encode -----------------------------------------------------------------------------
     def encode(self, images: ImageBatch, task: Task, keep_latents: bool = False) -> List[EncodedFrame]:
@@ -114,6 +149,14 @@ class FrameCodec:
         ``keep_latents`` keeps each frame's quantised latent ``ŷ`` (for exactness checks); frames
         that travel do not carry it (about 6 MB per 1080p frame).
         """
+        return self._encode(images, task, keep_latents)
+
+    def encode_universal(self, images: ImageBatch, keep_latents: bool = False) -> List[EncodedFrame]:
+        """Encode images into universal frames: the shared encoder (or the base encoder), decodable
+        for every consumer with a head (see :meth:`decode_consumers`)."""
+        return self._encode(images, None, keep_latents)
+
+    def _encode(self, images: ImageBatch, task: Optional[Task], keep_latents: bool) -> List[EncodedFrame]:
         images = list(images)
         for image in images:
             if image.dim() != 3 or image.shape[0] != 3:
@@ -123,29 +166,37 @@ class FrameCodec:
         groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
         for i, image in enumerate(images):
             groups[tuple(image.shape[-2:])].append(i)
-        adapter_hash = self.codec.adapter_hash(task)
-        with self.codec.use(task):
+        adapter_hash = self.codec.adapter_hash(task) if task is not None else self.codec.universal_hash()
+        with self.codec.use(task) if task is not None else self.codec.use_universal(None):
             for (height, width), members in groups.items():
                 batch = torch.stack([images[i] for i in members]).to(self.device, torch.float32)
                 coded = self._compress(pad_to_block(batch), task)
                 for k, i in enumerate(members):
+                    level_string = coded.level_strings[k] if coded.level_strings is not None else None
                     header = FrameHeader(
-                        codec_id=self.loaded.spec.wire_id, quality=self.loaded.quality, task_id=task.wire_id,
-                        height=height, width=width, adapter_hash=adapter_hash,
-                        base_hash=self.loaded.fingerprint, index_check=coded.index_checks[k],
+                        codec_id=self.loaded.spec.wire_id, quality=self.loaded.quality,
+                        task_id=0 if task is None else task.wire_id, height=height, width=width,
+                        adapter_hash=adapter_hash, base_hash=self.loaded.fingerprint,
+                        index_check=coded.index_checks[k], universal=task is None,
+                        importance=level_string is not None,
                     )
-                    data = pack_frame(header, [coded.y_strings[k], coded.z_strings[k]], self.limits)
+                    strings = [coded.y_strings[k], coded.z_strings[k]] + ([level_string] if level_string else [])
+                    data = pack_frame(header, strings, self.limits)
                     out[i] = EncodedFrame(data, height, width, task, coded.y_hat[k] if keep_latents else None)
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _compress(self, x: Tensor, task: Task) -> CodedLatents:
+    def _compress(self, x: Tensor, task: Optional[Task]) -> CodedLatents:
         """Entropy-code ``x`` (padded) with ``task``'s adapters active; ``g_a`` on this codec's encoder path."""
         y = self.analysis(task)(x)
-        return self.codec.latent_coder.compress(y, hyper_analysis(self.codec.base, self.loaded.spec.latent_coder, y))
+        z = hyper_analysis(self.codec.base, self.loaded.spec.latent_coder, y)
+        selector = self.codec.active_selector
+        return self.codec.latent_coder.compress(y, z, self.codec.importance_levels(y),
+                                                None if selector is None else selector.level_cdf)
 
-    def analysis(self, task: Task) -> Analysis:
-        """``g_a`` with ``task``'s encoder adapters, on this codec's encoder path: ``analysis(x) -> y``.
+    def analysis(self, task: Optional[Task]) -> Analysis:
+        """``g_a`` with ``task``'s encoder adapters (``None``: the shared encoder's), on this codec's
+        encoder path: ``analysis(x) -> y``.
 
         ORT paths are built (exported, quantised) at the first call for a task and again
         whenever its adapter weights change. For ``eager`` it is ``g_a`` itself, whose hooks
@@ -155,7 +206,10 @@ class FrameCodec:
         g_a = self.codec.base.g_a
         if self.encoder_path == EAGER:
             return g_a  # the codec's hooks apply the active task's adapters
-        adapter_set = self.codec.adapter_set(task) if task.uses_adapters else None
+        if task is None:
+            adapter_set = self.codec.shared_encoder
+        else:
+            adapter_set = self.codec.adapter_set(task) if task.uses_adapters else None
         key = parameter_versions(adapter_set) if adapter_set is not None else ()
         cached = self._analyses.get(task)
         if cached is None or cached[0] != key:
@@ -166,8 +220,9 @@ class FrameCodec:
         return self._analyses[task][1]
 
     # -- decode -----------------------------------------------------------------------------
-    def parse(self, data: bytes) -> Tuple[Frame, Task]:
-        """Parse ``data`` and check it fits this codec; returns the frame and its task.
+    def parse(self, data: bytes) -> Tuple[Frame, Optional[Task]]:
+        """Parse ``data`` and check it fits this codec; returns the frame and its task (``None``
+        for a universal frame).
 
         Raises :class:`BitstreamError` (malformed), :class:`CodecMismatchError` (other
         codec, quality or base weights) or :class:`AdapterMismatchError` (task without
@@ -177,8 +232,10 @@ class FrameCodec:
         header = frame.header
         check_image_size(header.height, header.width, self.limits, aspect=True)
         spec = self.loaded.spec
-        if len(frame.strings) != N_STRINGS:
-            raise BitstreamError(f"frame has {len(frame.strings)} strings, {spec.name} frames have {N_STRINGS}")
+        want_strings = N_STRINGS + (1 if header.importance else 0)  # + the importance level map
+        if len(frame.strings) != want_strings:
+            raise BitstreamError(f"frame has {len(frame.strings)} strings, {spec.name} frames "
+                                 f"{'with' if header.importance else 'without'} an importance map have {want_strings}")
         if header.codec_id != spec.wire_id or header.quality != self.loaded.quality:
             raise CodecMismatchError(
                 f"frame was encoded with codec id {header.codec_id} quality {header.quality}; this decoder "
@@ -189,6 +246,12 @@ class FrameCodec:
                 f"frame was encoded with other {spec.name} weights (fingerprint {header.base_hash.hex()}, "
                 f"this decoder has {self.loaded.fingerprint.hex()}: {self.loaded.source})"
             )
+        if header.universal:
+            if header.adapter_hash != self.codec.universal_hash():
+                raise AdapterMismatchError(
+                    f"universal frame of shared encoder {header.adapter_hash.hex()}, this decoder's heads "
+                    f"decode {self.codec.universal_hash().hex()}")
+            return frame, None
         try:
             task = Task.from_wire_id(header.task_id)
         except InvalidInputError as exc:
@@ -202,28 +265,84 @@ class FrameCodec:
         return frame, task
 
     def decode(self, frames: Sequence[bytes]) -> List[DecodedFrame]:
-        """Decode frames (same task and size are batched); results keep the input order."""
+        """Decode frames (same task and size are batched; universal frames for ``human``); results
+        keep the input order."""
         return self.decode_parsed([self.parse(data) for data in frames])
 
-    def decode_parsed(self, parsed: Sequence[Tuple[Frame, Task]]) -> List[DecodedFrame]:
+    def decode_parsed(self, parsed: Sequence[Tuple[Frame, Optional[Task]]]) -> List[DecodedFrame]:
         """Decode frames already checked by :meth:`parse`; results keep the input order."""
         out: List[Optional[DecodedFrame]] = [None] * len(parsed)
-        groups: Dict[Tuple[Task, int, int], List[int]] = defaultdict(list)
+        groups: Dict[Tuple[Optional[Task], int, int], List[int]] = defaultdict(list)
         for i, (frame, task) in enumerate(parsed):
             groups[(task, frame.header.height, frame.header.width)].append(i)
         for (task, height, width), members in groups.items():
             headers = [parsed[i][0].header for i in members]
-            strings = [[parsed[i][0].strings[0] for i in members], [parsed[i][0].strings[1] for i in members]]
-            with self.codec.use(task):
+            strings = [[parsed[i][0].strings[0] for i in members], [parsed[i][0].strings[1] for i in members],
+                       [_level_string(parsed[i][0]) for i in members]]
+            with self.codec.use(task) if task is not None else self.codec.use_universal(Task.HUMAN):
                 result = self.codec.decompress(
                     strings, (headers[0].latent_height, headers[0].latent_width), [h.index_check for h in headers]
                 )
             for k, i in enumerate(members):
                 image = result["x_hat"][k, :, :height, :width]
-                out[i] = DecodedFrame(image, headers[k], task, parsed[i][0].size_bytes, result["y_hat"][k])
+                out[i] = DecodedFrame(image, headers[k], task or Task.HUMAN, parsed[i][0].size_bytes,
+                                      result["y_hat"][k])
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def decode_consumers(self, frame: Frame, task: Optional[Task], consumers: Sequence[Task],
+                         seconds: Optional[Dict[Optional[Task], float]] = None) -> Dict[Task, DecodedFrame]:
+        """Decode one frame checked by :meth:`parse` for each of ``consumers``.
+
+        The latent is entropy-decoded once; each consumer's synthesis (its decoder head, or the
+        base decoder for ``human`` without one) runs on it. A single-task frame (``task`` set)
+        decodes only for its own task. ``seconds``, if given, gets the wall time of the
+        entropy decoding and shared synthesis stages (key ``None``) and of each consumer's
+        synthesis. Raises :class:`AdapterMismatchError` for a consumer without a head, or
+        another consumer of a single-task frame.
+        """
+        if task is not None:
+            if list(consumers) != [task]:
+                wanted = ", ".join(c.value for c in consumers)
+                raise AdapterMismatchError(f"a {task.value} frame decodes for {task.value} only, not {wanted} "
+                                           f"(encode universal frames for several consumers)")
+            return {task: self.decode_parsed([(frame, task)])[0]}
+        for consumer in consumers:
+            if consumer is not Task.HUMAN and consumer.value not in self.codec.heads:
+                raise AdapterMismatchError(f"no decoder head for consumer {consumer.value!r} here "
+                                           f"(heads: {', '.join(c.value for c in self.consumers)})")
+        header = frame.header
+        began = time.perf_counter()
+        y_hat = self.codec.decode_latents([[frame.strings[0]], [frame.strings[1]], [_level_string(frame)]],
+                                          (header.latent_height, header.latent_width), [header.index_check])
+        entropy_seconds = time.perf_counter() - began
+        times: Dict[Optional[Task], float] = {}
+        x_hats = self.codec.synthesize(_channels_last_4d(y_hat.to(self.device)), consumers, times)
+        times[None] += entropy_seconds
+        if seconds is not None:
+            seconds.update(times)
+        return {consumer: DecodedFrame(x_hat[0, :, :header.height, :header.width].clamp(0, 1), header, consumer,
+                                       frame.size_bytes, y_hat[0])
+                for consumer, x_hat in x_hats.items()}
+
+
+def _level_string(frame: Frame) -> Optional[bytes]:
+    """The importance level-map string of a parsed frame, or ``None`` (no map: all levels 0)."""
+    return frame.strings[N_STRINGS] if frame.header.importance else None
+
+
+def importance_levels(frame: Frame, level_cdf: Tensor) -> Tensor:
+    """The importance level map (int64, latent_height×latent_width, levels −3..3) a parsed frame carries;
+    all zero for a frame without one. Raises :class:`BitstreamError` for a malformed map string."""
+    shape = (frame.header.latent_height, frame.header.latent_width)
+    string = _level_string(frame)
+    return torch.zeros(shape, dtype=torch.int64) if string is None else LevelCoder(level_cdf).decode(string, shape)
 
 
 def _channels_last(_module: torch.nn.Module, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
     """Forward pre-hook: the transforms run fastest in channels-last memory (oneDNN)."""
-    return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs)
+    return tuple(_channels_last_4d(t) for t in inputs)
+
+
+def _channels_last_4d(t: Tensor) -> Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t

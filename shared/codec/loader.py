@@ -94,4 +94,9 @@ def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> Frame
                 f"--adapters FILE (made by 'icmh train'), or --random-adapters for a smoke run"
             )
         frame_codec.add_random_adapters(task, options.seed)
+    if options.random_adapters:  # smoke runs also decode universal frames (base encoder, random heads)
+        for task in tasks:
+            if task.uses_adapters and task not in frame_codec.consumers:
+                frame_codec.add_random_head(task, options.seed)
+    frame_codec.check_heads()
     return frame_codec

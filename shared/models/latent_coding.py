@@ -37,6 +37,7 @@ from compressai.ans import RansDecoder, RansEncoder
 from torch import Tensor, nn
 
 from icmh.errors import BitstreamError, IndexMismatchError
+from icmh.models.importance import LevelCoder, level_gains, level_strings_of
 from icmh.models.registry import AUTOREGRESSIVE, MEAN_SCALE_HYPERPRIOR, SCALE_HYPERPRIOR
 
 EXACT = torch.float64
@@ -45,10 +46,14 @@ CONTEXT_PAD = CONTEXT_KERNEL // 2
 Z_TO_Y = 4  # spatial factor between z and y
 
 
-def index_check(indexes: Tensor) -> int:
-    """CRC32 of an index tensor (as little-endian int32, in memory order)."""
+def index_check(indexes: Tensor, levels: Optional[Tensor] = None) -> int:
+    """CRC32 of an index tensor (as little-endian int32, in memory order), continued over the
+    importance level map (same encoding) when the frame carries one."""
     data = indexes.to(torch.int32).contiguous().cpu().numpy().astype("<i4").tobytes()
-    return zlib.crc32(data) & 0xFFFFFFFF
+    crc = zlib.crc32(data)
+    if levels is not None:
+        crc = zlib.crc32(levels.to(torch.int32).contiguous().cpu().numpy().astype("<i4").tobytes(), crc)
+    return crc & 0xFFFFFFFF
 
 
 class _CdfTables:
@@ -108,6 +113,7 @@ class CodedLatents:
     z_shape: Tuple[int, int]
     index_checks: List[int]
     y_hat: Tensor  # float32, CPU: exactly what the decoder will reconstruct
+    level_strings: Optional[List[Optional[bytes]]] = None  # importance maps (None: all zero, no string)
 
 
 class LatentCoder:
@@ -149,11 +155,19 @@ class LatentCoder:
 
     # -- public API -------------------------------------------------------------------------
     @torch.no_grad()
-    def compress(self, y: Tensor, z: Tensor) -> CodedLatents:
-        """Entropy-code a batch of latents ``y`` with hyper-latents ``z``."""
+    def compress(self, y: Tensor, z: Tensor, levels: Optional[Tensor] = None,
+                 level_cdf: Optional[Tensor] = None) -> CodedLatents:
+        """Entropy-code a batch of latents ``y`` with hyper-latents ``z``.
+
+        ``levels`` (int, N×1×h×w on the z grid) is an importance map (:mod:`icmh.models.importance`),
+        coded with ``level_cdf``; an image whose map is all zero is coded exactly as without one.
+        """
         z_strings, z_hat = self._code_z(z)
-        y_strings, checks, y_hat = self._code_y(y.detach().cpu().to(EXACT), z_hat)
-        return CodedLatents(y_strings, z_strings, tuple(z.shape[-2:]), checks, y_hat)
+        level_strings = level_strings_of(levels, level_cdf)
+        per_image = None if level_strings is None else [None if s is None else levels[i]
+                                                        for i, s in enumerate(level_strings)]
+        y_strings, checks, y_hat = self._code_y(y.detach().cpu().to(EXACT), z_hat, per_image)
+        return CodedLatents(y_strings, z_strings, tuple(z.shape[-2:]), checks, y_hat, level_strings)
 
     @torch.no_grad()
     def decompress(
@@ -162,21 +176,32 @@ class LatentCoder:
         z_strings: Sequence[bytes],
         z_shape: Tuple[int, int],
         index_checks: Optional[Sequence[int]] = None,
+        level_strings: Optional[Sequence[Optional[bytes]]] = None,
+        level_cdf: Optional[Tensor] = None,
     ) -> Tensor:
         """Decode a batch of latents; returns ``ŷ`` (float32, CPU).
 
-        Raises :class:`IndexMismatchError` when ``index_checks`` is given and the indexes
-        derived here differ from the encoder's.
+        ``level_strings``: each image's importance-map string (``None``: no map), decoded with
+        ``level_cdf``. Raises :class:`IndexMismatchError` when ``index_checks`` is given and the
+        indexes derived here differ from the encoder's.
         """
         if len(y_strings) != len(z_strings):
             raise ValueError("need one y string and one z string per image")
         z_hat = self._decode_z(z_strings, tuple(z_shape))
-        return self._decode_y(y_strings, z_hat, index_checks)
+        levels = None
+        if level_strings is not None and any(s is not None for s in level_strings):
+            if level_cdf is None:
+                raise BitstreamError("the frame carries an importance map but no level CDF is loaded here")
+            coder = LevelCoder(level_cdf)
+            levels = [None if s is None else coder.decode(s, (1, *z_shape)) for s in level_strings]
+        return self._decode_y(y_strings, z_hat, index_checks, levels)
 
-    def _code_y(self, y: Tensor, z_hat: Tensor) -> Tuple[List[bytes], List[int], Tensor]:
+    def _code_y(self, y: Tensor, z_hat: Tensor,
+                levels: Optional[List[Optional[Tensor]]] = None) -> Tuple[List[bytes], List[int], Tensor]:
         raise NotImplementedError
 
-    def _decode_y(self, strings: Sequence[bytes], z_hat: Tensor, checks: Optional[Sequence[int]]) -> Tensor:
+    def _decode_y(self, strings: Sequence[bytes], z_hat: Tensor, checks: Optional[Sequence[int]],
+                  levels: Optional[List[Optional[Tensor]]] = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -187,8 +212,8 @@ def _exact_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
-def _verify(expected: Optional[int], indexes: Tensor, image: int) -> int:
-    actual = index_check(indexes)
+def _verify(expected: Optional[int], indexes: Tensor, image: int, levels: Optional[Tensor] = None) -> int:
+    actual = index_check(indexes, levels)
     if expected is not None and actual != expected:
         raise IndexMismatchError(
             f"image {image}: entropy-coding indexes differ from the encoder's "
@@ -211,16 +236,47 @@ class HyperpriorCoder(LatentCoder):
             return scales, means
         return params, torch.zeros_like(params)
 
-    def _code_y(self, y, z_hat):
+    def _code_y(self, y, z_hat, levels=None):
         scales, means = self._params(z_hat)
+        if levels is not None and any(k is not None for k in levels):
+            return self._code_y_scaled(y, scales, means, levels)
         indexes = self.scale_indexes(scales)
         symbols = torch.round(y - means).to(torch.int64)
         strings = [self.y_tables.encode(symbols[i], indexes[i]) for i in range(y.shape[0])]
         checks = [index_check(indexes[i]) for i in range(y.shape[0])]
         return strings, checks, (symbols.to(EXACT) + means).float()
 
-    def _decode_y(self, strings, z_hat, checks):
+    def _code_y_scaled(self, y, scales, means, levels):
+        """Per image: the plain path where its map is ``None``, else the importance quantiser
+        ``round(y·m − μ·m)`` with scales ``σ·m`` (all float64), ``ŷ = (symbols + μ·m) / m``."""
+        strings, checks, y_hats = [], [], []
+        for i in range(y.shape[0]):
+            scale, mean, gains = self._scaled(scales[i], means[i], None if levels[i] is None else levels[i])
+            indexes = self.scale_indexes(scale)
+            symbols = torch.round(y[i] * gains - mean if gains is not None else y[i] - mean).to(torch.int64)
+            strings.append(self.y_tables.encode(symbols, indexes))
+            checks.append(index_check(indexes, levels[i]))
+            y_hats.append(symbols.to(EXACT) + mean if gains is None else (symbols.to(EXACT) + mean) / gains)
+        return strings, checks, torch.stack(y_hats).float()
+
+    @staticmethod
+    def _scaled(scales: Tensor, means: Tensor, levels: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        if levels is None:
+            return scales, means, None
+        gains = level_gains(levels.reshape(1, *levels.shape[-2:]))  # 1×H×W, float64
+        return scales * gains, means * gains, gains
+
+    def _decode_y(self, strings, z_hat, checks, levels=None):
         scales, means = self._params(z_hat)
+        if levels is not None:
+            y_hats = []
+            for i, string in enumerate(strings):
+                scale, mean, gains = self._scaled(scales[i], means[i], levels[i])
+                indexes = self.scale_indexes(scale)
+                _verify(None if checks is None else checks[i], indexes, i, levels[i])
+                symbols = self.y_tables.decode(string, indexes).to(EXACT)
+                y_hats.append(symbols + mean if gains is None else (symbols + mean) / gains)
+            return torch.stack(y_hats).float()
         indexes = self.scale_indexes(scales)
         symbols = []
         for i, string in enumerate(strings):
@@ -250,7 +306,8 @@ class AutoregressiveCoder(LatentCoder):
     def _y_size(self, z_hat: Tensor) -> Tuple[int, int]:
         return z_hat.shape[-2] * Z_TO_Y, z_hat.shape[-1] * Z_TO_Y
 
-    def _code_y(self, y, z_hat):
+    def _code_y(self, y, z_hat, levels=None):
+        _no_importance(levels)
         height, width = self._y_size(z_hat)
         params = self.h_s(z_hat)
         strings, checks, y_hats = [], [], []
@@ -271,7 +328,8 @@ class AutoregressiveCoder(LatentCoder):
             y_hats.append(y_pad[:, :, CONTEXT_PAD:-CONTEXT_PAD, CONTEXT_PAD:-CONTEXT_PAD])
         return strings, checks, torch.cat(y_hats).float()
 
-    def _decode_y(self, strings, z_hat, checks):
+    def _decode_y(self, strings, z_hat, checks, levels=None):
+        _no_importance(levels)
         height, width = self._y_size(z_hat)
         params = self.h_s(z_hat)
         y_hats = []
@@ -292,6 +350,11 @@ class AutoregressiveCoder(LatentCoder):
             _verify(None if checks is None else checks[i], torch.cat(all_indexes), i)
             y_hats.append(y_pad[:, :, CONTEXT_PAD:-CONTEXT_PAD, CONTEXT_PAD:-CONTEXT_PAD])
         return torch.cat(y_hats).float()
+
+
+def _no_importance(levels) -> None:
+    if levels is not None and any(k is not None for k in levels):
+        raise BitstreamError("importance maps are not supported by the autoregressive latent coder")
 
 
 LATENT_CODERS = {

@@ -38,6 +38,12 @@ class CodecSpec:
     bundled_weights: Mapping[int, str] = field(default_factory=dict)
     description: str = ""
     default_quality: int = 3  # the quality commands use when none is given
+    rd_lambdas: Mapping[int, float] = field(default_factory=lambda: dict(ZOO_MSE_LAMBDAS))  # λ of λ·255²·MSE + R
+
+    def rd_lambda(self, quality: int) -> float:
+        """The λ (of ``λ·255²·MSE + bpp``) this codec was trained with at ``quality``."""
+        self.check_quality(quality)
+        return self.rd_lambdas[quality]
 
     @property
     def qualities(self) -> Tuple[int, ...]:
@@ -67,6 +73,9 @@ class CodecSpec:
 
 
 CODECS: Dict[str, CodecSpec] = {}
+
+#: CompressAI's MSE λ per zoo quality (its training recipe): loss = λ·255²·MSE + bpp.
+ZOO_MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 
 
 def register_codec(spec: CodecSpec) -> CodecSpec:
@@ -134,7 +143,8 @@ register_codec(CodecSpec(
     description="Cheng et al. 2020 anchor, autoregressive context model (CompressAI zoo, MSE)",
 ))
 
-TINY_QUALITIES = (1, 2, 3, 4)  # λ = 0.0067 (1000 steps from scratch), then 0.013, 0.025, 0.0483 (fine-tuned)
+TINY_LAMBDAS = {1: 0.0067, 2: 0.0130, 3: 0.0250, 4: 0.0483}  # q1 from scratch, the others fine-tuned from it
+TINY_QUALITIES = tuple(TINY_LAMBDAS)
 
 register_codec(CodecSpec(
     name="mbt2018-mean-tiny",
@@ -146,6 +156,7 @@ register_codec(CodecSpec(
     decoder_taps=_HYPERPRIOR_DECODER_TAPS,
     bundled_weights={quality: f"mbt2018-mean-tiny-{quality}.safetensors" for quality in TINY_QUALITIES},
     default_quality=1,
+    rd_lambdas=TINY_LAMBDAS,
     description=(
         "small mean-scale hyperprior (N=64, M=96) trained briefly by this project at four λ on "
         "Kodak + COCO-mini; ships with the package, for tests, demos and benchmarks"
@@ -167,6 +178,7 @@ register_codec(CodecSpec(
     decoder_taps=_HYPERPRIOR_DECODER_TAPS,
     bundled_weights={quality: f"mbt2018-mean-small-{quality}.safetensors" for quality in SMALL_LAMBDAS},
     default_quality=2,  # λ = 0.0067, about 0.3 bpp on Kodak (the zoo codecs' quality 3)
+    rd_lambdas=SMALL_LAMBDAS,
     description=(
         "mean-scale hyperprior (N=96, M=128) trained by this project on training images only "
         "(BSDS500, COCO-mini train and un-annotated val); the default where zoo weights are absent"

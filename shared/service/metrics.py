@@ -108,7 +108,8 @@ def _status_name(value: object) -> object:
     return value
 
 
-TASK_LABEL = LabelValues("task", tuple(t.value for t in Task) + ("unknown",), "unknown")
+UNIVERSAL = "universal"  # the task label of a universal frame's own figures (bpp, entropy decoding)
+TASK_LABEL = LabelValues("task", tuple(t.value for t in Task) + (UNIVERSAL, "unknown"), "unknown")
 STATUS_CODE_LABEL = LabelValues("code", tuple(c.name for c in grpc.StatusCode), "UNKNOWN",
                                 normalize=_status_name)
 

@@ -2,7 +2,8 @@
 
 ``load_task_model(task, name, options)`` builds a model by name (``yolox-nano``,
 ``yolov5n-seg``, ``mobilenet-v2``, ``squeezenet1_1``, the torchvision R-CNNs and ResNet-50,
-the detectron2 configs, ``png`` for people); without a name, the task's default
+the detectron2 configs, ``png`` for people, the restoration networks ``restore-denoise``,
+``restore-deblur``, ``restore-sr2``, ``restore-low-light``); without a name, the task's default
 (:func:`default_model_name`): the real small model where its files are present.
 """
 
@@ -27,7 +28,8 @@ from .base import (
 )
 from .files import MODELS_DIR_ENV, ModelFile
 
-_ENTRY_MODULES = ("torchvision_models", "detectron2_models", "png", "squeezenet", "mobilenet", "yolox", "yolov5seg")
+_ENTRY_MODULES = ("torchvision_models", "detectron2_models", "png", "squeezenet", "mobilenet", "yolox", "yolov5seg",
+                  "restoration")
 for _module in _ENTRY_MODULES:  # each registers its entries on import
     if importlib.util.find_spec(f"{__name__}.{_module}") is not None:
         importlib.import_module(f".{_module}", __name__)

@@ -220,6 +220,11 @@ DEFAULT_MODELS: Dict[Task, Tuple[str, ...]] = {
     Task.SEGMENTATION: ("yolov5n-seg", "maskrcnn_resnet50_fpn"),
     Task.CLASSIFICATION: ("mobilenet-v2", "squeezenet1_1", "resnet50"),
     Task.HUMAN: ("png",),
+    Task.MACHINE: ("png",),
+    Task.DENOISE: ("restore-denoise",),
+    Task.DEBLUR: ("restore-deblur",),
+    Task.SUPER_RESOLUTION: ("restore-sr2",),
+    Task.LOW_LIGHT: ("restore-low-light",),
 }
 """Per task, the models tried in order by :func:`default_model_name` (first with its files present)."""
 
