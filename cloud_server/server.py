@@ -144,7 +144,7 @@ async def serve(config: ServerConfig, pipeline: Optional[Pipeline] = None, metri
     metrics_port = metrics_server[0].server_port if metrics_server else None
     print(f"cloud-server listening on {config.host}:{port} (metrics on port {metrics_port}); "
           f"tasks: {', '.join(f'{t.value} ({pipeline.models[t].name})' for t in pipeline.tasks)}; "
-          f"universal frames for: {', '.join(t.value for t in pipeline.consumers)}; "
+          f"universal frames for: {', '.join(t.value for t in pipeline.consumers) or 'none'}; "
           f"codec {pipeline.frame_codec.loaded.label}; "
           f"{config.security_label()}", flush=True)
     stop = stop or asyncio.Event()

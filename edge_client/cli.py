@@ -14,10 +14,11 @@ import argparse
 import asyncio
 import itertools
 import json
-import sys
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from icmh.cli.common import (add_codec_options, codec_options, positive_int, run_cli, warn_random_weights,
                                write_output)
@@ -32,6 +33,7 @@ from icmh.edge.annotate import annotate
 from icmh.edge.connection import TOKEN_ENV, ClientSecurity, load_client_security
 from icmh.edge.metrics import EdgeMetrics
 from icmh.edge.output import LiveLine, outcome_json, outcome_text
+from icmh.edge.prefetch import prefetch
 from icmh.edge.sources import open_source
 from icmh.edge.streaming import FrameOutcome, FrameStreamer, StreamStats
 
@@ -125,6 +127,9 @@ def client_security(args: argparse.Namespace) -> ClientSecurity:
     return security
 
 
+CAPTURE_AHEAD = 2  # frames captured ahead of the encoder
+
+
 def _source(args: argparse.Namespace):
     if args.camera is not None:
         return open_source("camera", args.camera, args.frames)
@@ -135,14 +140,18 @@ def _source(args: argparse.Namespace):
     return open_source("demo", args.demo_size, args.frames or 16)
 
 
-def _encoded(frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
-             metrics: EdgeMetrics) -> Iterator[EncodedFrame]:
-    """Encode each frame for ``task`` (``None``: universal frames)."""
+def _encoded(frames: Iterator, frame_codec: FrameCodec, task: Optional[Task], metrics: EdgeMetrics,
+             on_encode: Optional[Callable[[float], None]] = None) -> Iterator[EncodedFrame]:
+    """Encode each frame for ``task`` (``None``: universal frames); the next frame is captured while
+    one encodes (:func:`~icmh.edge.prefetch.prefetch`). ``on_encode`` gets each frame's encoding seconds."""
     spec, quality = frame_codec.loaded.spec.name, frame_codec.loaded.quality
     label = task or UNIVERSAL
-    for image in frames:
+    for image in prefetch(frames, CAPTURE_AHEAD):
+        started = time.perf_counter()
         with metrics.time_encode(label):
             encoded = (frame_codec.encode([image], task) if task else frame_codec.encode_universal([image]))[0]
+        if on_encode is not None:
+            on_encode(time.perf_counter() - started)
         metrics.observe_encoded(label, spec, quality, encoded.bpp)
         yield encoded
 
@@ -175,7 +184,7 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
         if output:
             output.write(json.dumps(record) + "\n")
             output.flush()
-        print("\r" + (json.dumps(record) if args.json else outcome_text(record)), flush=True)
+        print(live.clear + (json.dumps(record) if args.json else outcome_text(record)), flush=True)
         if args.annotate is not None and not outcome.response.HasField("error"):
             write_annotated(args.annotate, outcome, frame_codec)
 
@@ -185,11 +194,12 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
                              security=security, consumers=[c.value for c in consumers],
                              universal_id=None if task else frame_codec.codec.universal_hash())
     try:
-        stats: StreamStats = asyncio.run(streamer.run(_encoded(frames, frame_codec, task, metrics)))
+        stats: StreamStats = asyncio.run(streamer.run(_encoded(frames, frame_codec, task, metrics, live.add_encode)))
     finally:
         if output:
             output.close()
-    print(file=sys.stderr)
+    if live.interactive:
+        print(file=sys.stderr)  # end the live line
     if not live.frames:
         print("no frames were answered", file=sys.stderr)
         return 1

@@ -23,12 +23,22 @@ class LiveLine:
 
     WINDOW = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, interactive: Optional[bool] = None) -> None:
+        # redrawn in place on a terminal only; piped output gets the per-frame lines and the summary
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.clear = "\r\033[K" if self.interactive and sys.stdout.isatty() else ""  # before a per-frame line
         self.start = time.perf_counter()
         self.frames = 0
         self.bpp_sum = 0.0
         self.round_trips: Deque[float] = collections.deque(maxlen=self.WINDOW)
         self.last_print = 0.0
+        self.encoded = 0
+        self.encode_seconds = 0.0
+
+    def add_encode(self, seconds: float) -> None:
+        """Count the encoding time of one frame (the live line shows the encoder's share of the run)."""
+        self.encoded += 1
+        self.encode_seconds += seconds
 
     def add(self, bpp: float, round_trip: Optional[float] = None) -> None:
         """Count one frame (and its round trip); redraw the line at most twice a second."""
@@ -37,14 +47,18 @@ class LiveLine:
         if round_trip is not None:
             self.round_trips.append(round_trip)
         now = time.perf_counter()
-        if now - self.last_print > 0.5:
+        if self.interactive and now - self.last_print > 0.5:
             self.last_print = now
             print(f"\r{self.text()}", end="", file=sys.stderr, flush=True)
 
     def text(self) -> str:
-        """Frames, frames per second, mean bpp and the recent round-trip percentiles."""
-        fps = self.frames / max(time.perf_counter() - self.start, 1e-9)
-        line = f"frames {self.frames}  {fps:.2f} fps  mean bpp {self.bpp_sum / max(self.frames, 1):.4f}"
+        """Frames, frames per second, mean bpp, the encoder's time per frame and share of the run, and the
+        recent round-trip percentiles."""
+        wall = max(time.perf_counter() - self.start, 1e-9)
+        line = f"frames {self.frames}  {self.frames / wall:.2f} fps  mean bpp {self.bpp_sum / max(self.frames, 1):.4f}"
+        if self.encoded:
+            line += (f"  encode {1e3 * self.encode_seconds / self.encoded:.0f} ms/frame "
+                     f"({min(self.encode_seconds / wall, 1.0):.0%} of the run)")
         if len(self.round_trips) >= 2:
             cuts = statistics.quantiles(self.round_trips, n=20)
             line += f"  round trip p50 {1e3 * statistics.median(self.round_trips):.0f} ms p95 {1e3 * cuts[18]:.0f} ms"

@@ -329,3 +329,29 @@ def test_eval_errors_are_one_line(tmp_path, capsys, imagenet_dir, kodak_dir, arg
     code, out, err = _eval(tmp_path, capsys, *TINY, *argv)
     assert code == 2 and fragment in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_suite_of_one_task_writes_its_table_plot_and_json(data_dir, tmp_path, capsys):
+    """``icmh eval --suite --task human`` on the real Kodak folder (two images, the tiny codec): the
+    suite's anchors, the table with BD rows against JPEG and WebP, the plot and the JSON summary."""
+    if not (data_dir / "kodak").is_dir():
+        pytest.skip(f"Kodak not found in {data_dir} (set ICMH_DATA_DIR)")
+    out = tmp_path / "suite"
+    code = main(["eval", "--suite", "--task", "human", "--codec", "mbt2018-mean-tiny", "--qualities", "1,2,3,4",
+                 "--images", "2", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "suite: 1 tasks" in printed
+    summary = json.loads((out / "results.json").read_text())
+    assert list(summary) == ["human"] and summary["human"]["images"] == 2
+    methods = {(p["method"], p["quality"]) for p in summary["human"]["points"]}
+    assert {("base", q) for q in (1, 2, 3, 4)} <= methods and ("jpeg", 90) in methods and ("webp", 5) in methods
+    anchors = {(row["anchor"], row["metric"]) for row in summary["human"]["bd"] if row["method"] == "base"}
+    assert {("jpeg", "psnr"), ("webp", "psnr"), ("jpeg", "ms_ssim")} <= anchors
+    table = (out / "results.md").read_text()
+    assert "| human | 2 |" in table and "RANDOM WEIGHTS" not in table
+    assert (out / "eval-human.png").stat().st_size > 0
+
+
+def test_suite_refuses_a_task_it_has_no_entry_for(capsys):
+    assert main(["eval", "--suite", "--task", "low-light"]) == 2
+    assert "the suite has no entry for low-light" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from safetensors import safe_open
 from icmh.cli.main import main
 from icmh.codec.frame_codec import FrameCodec
 from icmh.codec.weights import BUNDLED_DIR, load_base_codec
-from icmh.data_splits import evaluation_images, file_digest
 from icmh.errors import InvalidInputError
 from icmh.images import load_image
 from icmh.taskmodels import default_model_name

@@ -15,10 +15,8 @@ memory matters, an ``edge-client`` child. Memory is the kernel's resident set si
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 import grpc

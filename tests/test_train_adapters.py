@@ -43,6 +43,7 @@ def test_lambda_presets_are_the_papers_for_its_models():
     assert preset_lambda("fasterrcnn_resnet50_fpn", 4) == 5.0
     assert preset_lambda("maskrcnn_resnet50_fpn", 6) == 5.0  # beyond 4: nearest preset
     assert preset_lambda("resnet50", 1) == 1.8
+    assert preset_lambda("yolox-nano", 3) == 17.2  # real small models: every quality of mbt2018-mean-small
     with pytest.raises(InvalidInputError, match="no λ preset for task model png"):
         preset_lambda("png", 1)
 

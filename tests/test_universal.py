@@ -242,26 +242,29 @@ def test_the_edge_client_streams_universal_frames_and_prints_every_consumer(serv
 
 
 # -- training --------------------------------------------------------------------------------------
-def test_joint_training_lowers_every_heads_distortion_and_leaves_the_base_codec_bit_identical(few_training_images,
+def test_joint_training_lowers_every_heads_loss_and_leaves_the_base_codec_bit_identical(few_training_images,
                                                                                                tmp_path):
     config = AdapterTrainConfig(task="", heads=["human", "classification", "machine"], out=tmp_path / "universal",
-                                data=[few_training_images], codec="mbt2018-mean-tiny", quality=1, steps=16, crop=64,
+                                data=[few_training_images], codec="mbt2018-mean-tiny", quality=1, steps=40, crop=64,
                                 batch_size=4, lr=2e-3, seed=0)
     history = train_adapters(config, progress=False)
     crops = RandomCrops(sorted(few_training_images.iterdir()), crop=64, seed=0, length=64).batch(1, 8)
     supervisors = {c: supervisor_for(c, "standin", config.models.get(c.value), ModelOptions()) for c in config.consumers}
 
-    def distortions(codec) -> dict:
+    def losses(codec) -> dict:
+        """Each head's own loss ``bpp + λ_t·D_t`` (the rate is shared by every head)."""
         torch.manual_seed(1)  # the same quantisation noise before and after
         with torch.no_grad():
-            x_hats = codec.universal_forward(crops, config.consumers)["x_hats"]
-            return {c.value: supervisors[c].distortion(crops, x_hats[c]).item() for c in config.consumers}
+            out = codec.universal_forward(crops, config.consumers)
+            bpp = sum(-torch.log2(l).sum() for l in out["likelihoods"].values()).item() / (8 * 64 * 64)
+            return {c.value: bpp + config.lmbdas[c.value] * supervisors[c].distortion(crops, out["x_hats"][c]).item()
+                    for c in config.consumers}
 
     fresh = _tiny().codec  # zero-initialised shared encoder and heads: the base codec, before training
     fresh.add_shared_encoder()
     for consumer in config.consumers:
         fresh.add_head(consumer)
-    before, after = distortions(fresh), distortions(history.codec)
+    before, after = losses(fresh), losses(history.codec)
     assert all(after[name] < before[name] for name in before), (before, after)
 
     codec = history.codec

@@ -121,3 +121,31 @@ def test_saved_codecs_keep_their_constant_buffers(tmp_path):
         assert stored.get_tensor("gaussian_conditional.likelihood_lower_bound.bound").item() == pytest.approx(1e-9)
     reloaded = load_base_codec("mbt2018-mean-tiny", 1, weights=path)
     assert codec_fingerprint(reloaded.model) == codec_fingerprint(bundled)
+
+
+def _shipped_weight_files():
+    from icmh.codec.loader import BUNDLED_ADAPTERS_DIR
+    from icmh.codec.weights import BUNDLED_DIR
+    from icmh.restoration.networks import WEIGHTS_DIR
+
+    return [path for folder in (BUNDLED_DIR, BUNDLED_ADAPTERS_DIR, WEIGHTS_DIR)
+            for path in sorted(folder.glob("*.safetensors"))]
+
+
+@pytest.mark.parametrize("path", _shipped_weight_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_weight_file_names_its_training_images_and_none_is_an_evaluation_image(path, data_dir):
+    """Codecs, adapters and restoration networks: the list of training images is recorded in the
+    file, every one lies in a training set, and (where the data is here) none is an evaluation image."""
+    from icmh.data_splits import evaluation_images, relative_names
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+    names = (meta.get("training_images") or meta.get("training_data") or "").split("\n")
+    assert names != [""], f"{path.name} does not record its training images"
+    training_roots = ("bsds500-train/", "coco-mini/train2017/", "coco-mini/val2017/")
+    assert all(name.startswith(training_roots) for name in names), \
+        f"{path.name}: trained on images outside the training sets: {[n for n in names if not n.startswith(training_roots)][:3]}"
+    if data_dir.is_dir():
+        evaluation = {name for files in evaluation_images(data_dir).values() for name in relative_names(files, data_dir)}
+        assert evaluation, "no evaluation image found to compare with"
+        assert not evaluation & set(names), f"{path.name} was trained on evaluation images"

@@ -72,10 +72,11 @@ LAMBDA_PRESETS: Dict[str, Dict[int, float]] = {
     "maskrcnn_resnet50_fpn": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
     "faster_rcnn_R_50_FPN_3x": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
     "mask_rcnn_R_50_FPN_3x": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
-    # the real small models on mbt2018-mean-small: `icmh train --calibrate` (k = 1), see docs/method.md
-    "yolox-nano": {2: 4.61},
-    "yolov5n-seg": {2: 0.28},
-    "mobilenet-v2": {2: 0.022},
+    # the real small models on mbt2018-mean-small: `icmh train --calibrate` (k = 1) at quality 2, the
+    # other qualities scaled by the codec's own λ ratio (SMALL_LAMBDAS[q] / SMALL_LAMBDAS[2]), see docs/method.md
+    "yolox-nano": {1: 1.24, 2: 4.61, 3: 17.2, 4: 33.2},
+    "yolov5n-seg": {1: 0.075, 2: 0.28, 3: 1.04, 4: 2.02},
+    "mobilenet-v2": {1: 0.0059, 2: 0.022, 3: 0.082, 4: 0.159},
 }
 
 

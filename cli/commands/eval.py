@@ -17,7 +17,7 @@ from icmh.tasks import Task
 from icmh.evaluation.bjontegaard import DEFAULT_METHOD as BD_DEFAULT, METHODS as BD_METHODS
 from icmh.evaluation.report import RANDOM_BANNER, bd_table, format_bd_table, format_points, plot_curves, write_points
 from icmh.evaluation.runner import METHODS, REFERENCES, EvalConfig, run_evaluation
-from icmh.evaluation.suite import run_suite
+from icmh.evaluation.suite import SUITE, run_suite
 
 
 def int_list(text: str) -> List[int]:
@@ -62,9 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--suite", action="store_true",
                         help="every task on its standard set under $ICMH_DATA_DIR (Kodak, COCO-mini val, "
                              "ImageNet-100) with the default models, codec and shipped adapters; writes OUT/results.md "
-                             "and results.json beside each task's files (--task, --data and the anchor qualities "
-                             "come from the suite)")
-    parser.add_argument("--task", choices=[t.value for t in Task], help="the task to evaluate (without --suite)")
+                             "and results.json beside each task's files (--data and the anchor qualities come from "
+                             "the suite; --task runs only that task's entry)")
+    parser.add_argument("--task", choices=[t.value for t in Task],
+                        help="the task to evaluate (with --suite: only that task's entry of the suite)")
     parser.add_argument("--data", type=Path,
                         help="image folder: COCO-style (annotations/instances_*.json + val2017/), ImageNet-style "
                              "(labels.csv) or plain images; for the restoration tasks with its sub-folders "
@@ -154,7 +155,11 @@ def run_suite_command(args: argparse.Namespace) -> int:
 
     if args.model:
         raise InvalidInputError("--suite uses each task's default model; evaluate other models one task at a time")
-    suite = run_suite(args.out, _config(args, Task.HUMAN), bd_method=args.bd_method,
+    if args.task and all(entry.task.value != args.task for entry in SUITE):
+        raise InvalidInputError(f"the suite has no entry for {args.task} (it has: "
+                                f"{', '.join(entry.task.value for entry in SUITE)})")
+    tasks = [Task.parse(args.task)] if args.task else None
+    suite = run_suite(args.out, _config(args, Task.HUMAN), tasks=tasks, bd_method=args.bd_method,
                       progress=not args.no_progress, on_task=report)
     print((args.out / "results.md").read_text())
     print(f"suite: {len(suite.results)} tasks in {time.perf_counter() - started:.0f} s; wrote {args.out}/results.md, "

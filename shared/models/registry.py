@@ -158,8 +158,9 @@ register_codec(CodecSpec(
     default_quality=1,
     rd_lambdas=TINY_LAMBDAS,
     description=(
-        "small mean-scale hyperprior (N=64, M=96) trained briefly by this project at four λ on "
-        "Kodak + COCO-mini; ships with the package, for tests, demos and benchmarks"
+        "small mean-scale hyperprior (N=64, M=96) trained briefly by this project at four λ on the "
+        "training images only (scripts/train_tiny_codec.sh); ships with the package, for tests, smoke runs "
+        "and benchmarks"
     ),
 ))
 
