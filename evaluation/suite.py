@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from icmh.evaluation.report import bd_table, plot_curves, write_points
+from icmh.evaluation.report import TABLE_METHOD, bd_table, plot_curves, write_points
 from icmh.evaluation.runner import EvalConfig, EvalResult, run_evaluation
 from icmh.paths import default_data_dir
 from icmh.tasks import Task
@@ -52,7 +52,7 @@ class SuiteResult:
 
 
 def run_suite(out: Path, base: EvalConfig, tasks: Optional[Sequence[Task]] = None, data_dir: Optional[Path] = None,
-              bd_method: str = "cubic", progress: bool = True,
+              bd_method: str = TABLE_METHOD, progress: bool = True,
               on_task: Optional[Callable[[Task, EvalResult, float], None]] = None) -> SuiteResult:
     """Evaluate every entry of :data:`SUITE` (or those of ``tasks``) with ``base``'s settings and write the outputs.
 

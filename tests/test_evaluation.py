@@ -298,7 +298,7 @@ def test_eval_human_psnr_rises_with_jpeg_quality_and_bd_is_computed(tmp_path, ca
         assert [r["psnr"] for r in points] == sorted(r["psnr"] for r in points)
         assert all(0.5 < r["ms_ssim"] <= 1.0 for r in points)
     psnr = next(r for r in summary["bd"] if r["metric"] == "psnr" and r["anchor"] == "jpeg")
-    assert psnr["fit"] == "cubic" and math.isfinite(psnr["bd_rate"]) and math.isfinite(psnr["bd_metric"])
+    assert psnr["fit"] == "pchip" and math.isfinite(psnr["bd_rate"]) and math.isfinite(psnr["bd_metric"])
 
 
 def test_eval_uses_the_adapter_file_of_each_quality(tmp_path, capsys, imagenet_dir):
@@ -355,3 +355,30 @@ def test_suite_of_one_task_writes_its_table_plot_and_json(data_dir, tmp_path, ca
 def test_suite_refuses_a_task_it_has_no_entry_for(capsys):
     assert main(["eval", "--suite", "--task", "low-light"]) == 2
     assert "the suite has no entry for low-light" in capsys.readouterr().err
+
+
+def test_pareto_front_keeps_the_best_score_reachable_at_each_rate():
+    from icmh.evaluation.report import pareto_front
+
+    rates = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    rates_kept, scores_kept = pareto_front(rates, np.array([10.0, 30.0, 25.0, 30.0, 40.0]))  # noisy accuracy
+    assert rates_kept.tolist() == [0.1, 0.2, 0.5] and scores_kept.tolist() == [10.0, 30.0, 40.0]
+    rates_kept, scores_kept = pareto_front(rates, np.array([50.0, 40.0, 45.0, 30.0, 20.0]))  # lower is better
+    assert rates_kept.tolist() == [0.1, 0.2, 0.4, 0.5]
+    monotone = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert pareto_front(rates, monotone)[1].tolist() == monotone.tolist()
+    assert pareto_front(rates, np.array([1.0, math.nan, 3.0, 4.0, 5.0]))[0].tolist() == [0.1, 0.3, 0.4, 0.5]
+
+
+def test_bd_table_compares_noisy_curves_on_their_fronts_and_says_so():
+    from icmh.evaluation.report import bd_table
+    from icmh.evaluation.runner import EvalResult
+
+    rows = [{"method": "jpeg", "quality": q, "bpp": b, "top1": t, "top5": 100.0 * b}
+            for q, b, t in ((10, 0.4, 40.0), (20, 0.6, 66.0), (40, 1.0, 77.0), (70, 1.5, 77.0), (90, 2.8, 85.0))]
+    rows += [{"method": "base", "quality": q, "bpp": b, "top1": t, "top5": 100.0 * b}
+             for q, b, t in ((1, 0.3, 49.0), (2, 0.5, 73.0), (3, 0.8, 72.0), (4, 1.0, 76.0))]
+    result = EvalResult("classification", "labels", "m", "c", False, rows)
+    row = next(r for r in bd_table(result) if r["metric"] == "top1")
+    assert math.isfinite(row["bd_rate"]) and row["bd_rate"] < 0
+    assert "1 anchor point left out" in row["note"] and "1 test point left out" in row["note"]

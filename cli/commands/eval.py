@@ -14,7 +14,8 @@ from icmh.errors import InvalidInputError
 from icmh.models.registry import CODECS
 from icmh.tasks import Task
 
-from icmh.evaluation.bjontegaard import DEFAULT_METHOD as BD_DEFAULT, METHODS as BD_METHODS
+from icmh.evaluation.bjontegaard import METHODS as BD_METHODS
+from icmh.evaluation.report import TABLE_METHOD
 from icmh.evaluation.report import RANDOM_BANNER, bd_table, format_bd_table, format_points, plot_curves, write_points
 from icmh.evaluation.runner import METHODS, REFERENCES, EvalConfig, run_evaluation
 from icmh.evaluation.suite import SUITE, run_suite
@@ -98,8 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="R-CNN detectors: longest side at most this (default: the paper's 1333)")
     parser.add_argument("--max-proposals", type=positive_int,
                         help="detector proposals kept after the RPN (default: the model's 1000; fewer is faster)")
-    parser.add_argument("--bd-method", default=BD_DEFAULT, choices=BD_METHODS,
-                        help="BD interpolation for curves of 4+ points (fewer always use pchip; default: cubic)")
+    parser.add_argument("--bd-method", default=TABLE_METHOD, choices=BD_METHODS,
+                        help="BD interpolation for curves of 4+ points (fewer always use pchip; default: %(default)s, which does not overshoot on saturating accuracy curves; cubic: the classic VCEG-M33 fit)")
     add_weight_options(parser, task_models=True)
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder (default: out/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
