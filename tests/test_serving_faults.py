@@ -28,6 +28,7 @@ from icmh.cloud.server import SERVER_LIMITS, ServerConfig
 from icmh.codec.bitstream import pack_frame, parse_frame
 from icmh.codec.loader import CodecOptions, open_frame_codec
 from icmh.results import TaskResult
+from icmh.service.result_proto import result_from_proto
 from icmh.taskmodels import ModelOptions, TaskModel, load_task_model
 from icmh.tasks import Task
 from icmh.v1 import icmh_pb2 as pb
@@ -129,7 +130,10 @@ def _result(response: pb.InferResponse) -> Tuple:
 
 @pytest.mark.parametrize("task, model", [(Task.DETECTION, "yolox-nano"), (Task.CLASSIFICATION, "mobilenet-v2"),
                                          (Task.SEGMENTATION, "yolov5n-seg")])
-def test_batching_returns_exactly_the_unbatched_results(frame_codec, task, model):
+def test_batching_returns_the_unbatched_results(frame_codec, task, model):
+    """Decoding is bit-exact whatever the batch; the task model's CPU kernels depend on the batch size,
+    so its floats may differ in the last bits: the same objects and classes, boxes within 1e-3 px,
+    scores within 1e-5, masks (nearly) the same pixels."""
     from icmh.cloud.metrics import CloudMetrics
     from icmh.taskmodels import TASK_MODELS
 
@@ -143,7 +147,23 @@ def test_batching_returns_exactly_the_unbatched_results(frame_codec, task, model
     assert all(pipeline.admit(job) is None for job in jobs)
     batched = pipeline.run_batch(jobs)
     assert all(not r.HasField("error") for r in batched)
-    assert [_result(r) for r in batched] == [_result(pipeline.run(i, data)) for i, data in enumerate(frames)]
+    for one_batch, alone in zip(batched, [pipeline.run(i, data) for i, data in enumerate(frames)]):
+        _assert_same_result(result_from_proto(one_batch), result_from_proto(alone))
+
+
+def _assert_same_result(a: TaskResult, b: TaskResult) -> None:
+    from pycocotools import mask as mask_utils
+
+    assert (a.task, a.model, a.height, a.width) == (b.task, b.model, b.height, b.width)
+    assert [d.label for d in a.detections] == [d.label for d in b.detections]
+    for x, y in zip(a.detections, b.detections):
+        assert x.score == pytest.approx(y.score, abs=1e-5)
+        assert (x.box.x0, x.box.y0, x.box.x1, x.box.y1) == pytest.approx((y.box.x0, y.box.y0, y.box.x1, y.box.y1),
+                                                                          abs=1e-3)
+        if x.mask_rle or y.mask_rle:
+            assert mask_utils.iou([x.mask_rle], [y.mask_rle], [0])[0][0] > 0.99
+    assert [c.index for c in a.classes] == [c.index for c in b.classes]
+    assert [c.score for c in a.classes] == pytest.approx([c.score for c in b.classes], abs=1e-5)
 
 
 def _nan_frame(frame_codec) -> bytes:
