@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -50,7 +50,7 @@ from icmh.models.registry import get_codec
 from icmh.seeding import seeded
 from icmh.taskmodels import ModelOptions, default_model_name, load_task_model
 from icmh.tasks import Task
-from icmh.training.checkpoint import StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
 from icmh.training.data import RandomCrops
 from icmh.training.pairs import check_crop, coding_pair, pair_distortion
 from icmh.training.rd import AMP_DTYPES
@@ -106,7 +106,7 @@ def preset_lambda(model: str, quality: int) -> float:
 
 
 @dataclass
-class AdapterTrainConfig:
+class AdapterTrainConfig(RunFiles):
     """Settings of one adapter training run (``icmh train --help`` explains each)."""
 
     task: str
@@ -198,23 +198,9 @@ class AdapterTrainConfig:
         return files
 
     @property
-    def csv_path(self) -> Path:
-        """The per-step log beside ``out`` (file or folder)."""
-        return self.out.with_name(self.out.name + ".csv")
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """The resume checkpoint beside ``out`` (never in an adapter folder, which ``--adapters`` loads whole)."""
-        return self.out.with_name(self.out.name + ".ckpt.safetensors")
-
-    @property
     def csv_fields(self) -> tuple:
         """The columns of the per-step log (universal training adds each head's distortion)."""
         return CSV_FIELDS + tuple(f"distortion_{name}" for name in self.heads)
-
-    def settings(self) -> Dict[str, object]:
-        """The settings as plain JSON values."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 def learning_rate(config: AdapterTrainConfig, step: int) -> float:

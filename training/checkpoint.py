@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
@@ -97,6 +97,26 @@ def check_same_settings(saved: Mapping[str, object], current: Mapping[str, objec
             raise InvalidInputError(f"cannot resume: checkpoint has {key}={saved.get(key)!r}, "
                                     f"this run {current.get(key)!r}")
 
+
+
+class RunFiles:
+    """For the config dataclass of a resumable run with an ``out`` path: the files kept beside ``out``
+    (never inside it: an adapter folder is loaded whole by ``--adapters``) and the settings as plain
+    JSON values, which the checkpoint records and a resume compares."""
+
+    @property
+    def csv_path(self) -> Path:
+        """The per-step log beside ``out``."""
+        return self.out.with_name(self.out.name + ".csv")  # type: ignore[attr-defined]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """The resume checkpoint beside ``out``."""
+        return self.out.with_name(self.out.name + ".ckpt.safetensors")  # type: ignore[attr-defined]
+
+    def settings(self) -> Dict[str, object]:
+        """The settings as plain JSON values (paths as text)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
 
 class StepLog:
     """The per-step CSV log of a run (``<out>.csv``): one row per step, kept consistent on resume.

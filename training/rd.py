@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -38,7 +38,7 @@ from icmh.models.registry import get_codec
 from icmh.codec.weights import load_codec_state, save_codec_weights
 from icmh.hub import read_state_dict
 
-from icmh.training.checkpoint import StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-codec-training/1"
@@ -48,7 +48,7 @@ RESUME_KEYS = ("codec", "quality", "batch_size", "crop", "lmbda", "seed", "sourc
 
 
 @dataclass
-class RDTrainConfig:
+class RDTrainConfig(RunFiles):
     """Settings of one rate–distortion training run."""
 
     out: Path
@@ -80,17 +80,6 @@ class RDTrainConfig:
             raise InvalidInputError("--lr and --lmbda must be positive and --lr-drop in (0, 1]")
         get_codec(self.codec).check_quality(self.quality)
 
-    @property
-    def csv_path(self) -> Path:
-        return self.out.with_name(self.out.name + ".csv")
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out.with_name(self.out.name + ".ckpt.safetensors")
-
-    def settings(self) -> Dict[str, object]:
-        """The settings as plain JSON values."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 def learning_rate(config: RDTrainConfig, step: int) -> float:

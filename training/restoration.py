@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -36,7 +36,7 @@ from icmh.restoration import (NetworkConfig, RestorationNet, build_network, bund
                               degradation_parameters, degrade, parameter_count, restoration_target, save_network)
 from icmh.tasks import RESTORATION_TASKS, Task
 from icmh.training.adapters import SCHEDULES, learning_rate
-from icmh.training.checkpoint import StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-restoration-training/1"
@@ -48,7 +48,7 @@ RECENT_STEPS = 100  # the final_* figures of the metadata average this many last
 
 
 @dataclass
-class RestorationTrainConfig:
+class RestorationTrainConfig(RunFiles):
     """Settings of one restoration training run (``icmh train-restoration --help`` explains each)."""
 
     task: str
@@ -93,19 +93,6 @@ class RestorationTrainConfig:
         """The architecture trained."""
         return NetworkConfig.for_task(Task(self.task), self.channels, self.blocks)
 
-    @property
-    def csv_path(self) -> Path:
-        """The per-step log beside ``out``."""
-        return self.out.with_name(self.out.name + ".csv")
-
-    @property
-    def checkpoint_path(self) -> Path:
-        """The resume checkpoint beside ``out``."""
-        return self.out.with_name(self.out.name + ".ckpt.safetensors")
-
-    def settings(self) -> Dict[str, object]:
-        """The settings as plain JSON values."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 @dataclass
