@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, TypeVar
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from hypothesis import strategies as st
@@ -220,3 +220,18 @@ class InProcessServer:
             stop_metrics_server(*self._metrics_http)
             self._metrics_http = None
         return self.status
+
+
+def call_outcomes(futures: Iterable) -> List[Tuple[object, str]]:
+    """Wait for each unary gRPC call future, in order: ``(status code, details)``; an answered call
+    is ``(StatusCode.OK, "")``."""
+    import grpc
+
+    outcomes = []
+    for future in futures:
+        try:
+            future.result()
+            outcomes.append((grpc.StatusCode.OK, ""))
+        except grpc.RpcError as exc:
+            outcomes.append((exc.code(), exc.details()))
+    return outcomes

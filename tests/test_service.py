@@ -20,7 +20,7 @@ from icmh.tasks import Task
 from icmh.v1 import icmh_pb2 as pb
 
 from server_process import ServerProcess
-from support import InProcessServer, identity_adapter_files, server_config, wait_until
+from support import InProcessServer, call_outcomes, identity_adapter_files, server_config, wait_until
 
 
 SERVED = (Task.HUMAN, Task.DETECTION, Task.SEGMENTATION, Task.CLASSIFICATION)
@@ -222,14 +222,9 @@ def test_overload_answers_resource_exhausted_and_keeps_serving(frame_codec, imag
         data = frame_codec.encode(images[:1], Task.HUMAN)[0].data
         futures = [process.stub.Infer.future(pb.InferRequest(frame_id=i, bitstream=data), timeout=120)
                    for i in range(6)]
-        codes = []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-                assert "server busy" in exc.details()
+        outcomes = call_outcomes(futures)
+        codes = [code for code, _ in outcomes]
+        assert all("server busy" in detail for code, detail in outcomes if code != grpc.StatusCode.OK)
         assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert process.stub.Infer(pb.InferRequest(frame_id=9, bitstream=data), timeout=60).frame_id == 9

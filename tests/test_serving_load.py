@@ -26,7 +26,7 @@ from icmh.codec.loader import CodecOptions, open_frame_codec
 from icmh.tasks import Task
 from icmh.v1 import icmh_pb2 as pb
 
-from support import smooth_image
+from support import call_outcomes, smooth_image
 from server_process import ROOT, ServerProcess
 
 TINY = ["--codec", "mbt2018-mean-tiny", "--quality", "1"]
@@ -118,14 +118,9 @@ def test_overload_at_ten_times_max_pending_stays_bounded_and_recovers(small_fram
         idle = rss_mb(server.proc.pid)
         futures = [stub.Infer.future(pb.InferRequest(frame_id=i, bitstream=small_frames[i % 8]), timeout=120)
                    for i in range(20)]
-        codes, details = [], []
-        for future in futures:
-            try:
-                future.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-                details.append(exc.details())
+        outcomes = call_outcomes(futures)
+        codes = [code for code, _ in outcomes]
+        details = [detail for code, detail in outcomes if code != grpc.StatusCode.OK]
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
         assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
         # never more than --max-pending frames held, also while a batch waits to fill
