@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence
 
@@ -28,12 +29,13 @@ from icmh.codec.frame_codec import EncodedFrame, FrameCodec
 from icmh.service.metrics import UNIVERSAL, start_metrics_server, stop_metrics_server
 from icmh.service.result_proto import result_from_proto
 from icmh.tasks import Task
+from torch import Tensor
 
 from icmh.edge.annotate import annotate
 from icmh.edge.connection import TOKEN_ENV, ClientSecurity, load_client_security
 from icmh.edge.metrics import EdgeMetrics
 from icmh.edge.output import LiveLine, outcome_json, outcome_text
-from icmh.edge.prefetch import prefetch
+from icmh.edge.prefetch import Round, capture_rounds
 from icmh.edge.sources import open_source
 from icmh.edge.streaming import FrameOutcome, FrameStreamer, StreamStats
 
@@ -67,8 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "Prints one line per frame: bytes, bits per pixel, round trip and the results.",
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--camera", type=int, metavar="INDEX", help="live camera (OpenCV index)")
-    source.add_argument("--video", type=Path, metavar="FILE", help="video file")
+    source.add_argument("--camera", type=int, action="append", metavar="INDEX",
+                        help="live camera (OpenCV index); repeat for several cameras (--camera 0 --camera 1): "
+                             "they are read side by side and their frames encoded in one batch where sizes match")
+    source.add_argument("--video", type=Path, action="append", metavar="FILE",
+                        help="video file; repeat for several, read side by side like several cameras")
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     source.add_argument("--demo", action="store_true", help="built-in moving scene (default; needs nothing)")
     parser.add_argument("--demo-size", type=frame_size, default=None, metavar="WxH",
@@ -130,30 +135,63 @@ def client_security(args: argparse.Namespace) -> ClientSecurity:
 CAPTURE_AHEAD = 2  # frames captured ahead of the encoder
 
 
-def _source(args: argparse.Namespace):
-    if args.camera is not None:
-        return open_source("camera", args.camera, args.frames)
-    if args.video is not None:
-        return open_source("video", args.video, args.frames)
+@dataclass
+class Capture:
+    """The frame sources of a run: their names (``camera 0``, ``video clip.mp4``) and their frames,
+    read side by side in rounds (:func:`~icmh.edge.prefetch.capture_rounds`). ``origins`` fills in
+    as frames are encoded: the source index of frame 0, 1, 2, … in sending order."""
+
+    names: List[str]
+    rounds: Iterator[Round]
+    origins: List[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, sources: Sequence[Iterator[Tensor]], names: Optional[Sequence[str]] = None) -> "Capture":
+        """Read ``sources`` (each captured ahead by its own thread)."""
+        names = list(names) if names is not None else [f"source {k}" for k in range(len(sources))]
+        return cls(names, capture_rounds(sources, CAPTURE_AHEAD))
+
+    @property
+    def several(self) -> bool:
+        """Whether frames come from more than one source (records then name their source)."""
+        return len(self.names) > 1
+
+    def source_of(self, frame_index: int) -> str:
+        """The name of the source of the ``frame_index``-th encoded frame."""
+        return self.names[self.origins[frame_index]]
+
+
+def _capture(args: argparse.Namespace) -> Capture:
+    if args.camera:
+        return Capture.of([open_source("camera", index, args.frames) for index in args.camera],
+                          [f"camera {index}" for index in args.camera])
+    if args.video:
+        return Capture.of([open_source("video", path, args.frames) for path in args.video],
+                          [f"video {path.name}" for path in args.video])
     if args.images is not None:
-        return open_source("images", args.images, args.frames)
-    return open_source("demo", args.demo_size, args.frames or 16)
+        return Capture.of([open_source("images", args.images, args.frames)], [f"images {args.images.name}"])
+    return Capture.of([open_source("demo", args.demo_size, args.frames or 16)], ["demo"])
 
 
-def _encoded(frames: Iterator, frame_codec: FrameCodec, task: Optional[Task], metrics: EdgeMetrics,
+def encode_capture(capture: Capture, frame_codec: FrameCodec, task: Optional[Task], metrics: EdgeMetrics,
              on_encode: Optional[Callable[[float], None]] = None) -> Iterator[EncodedFrame]:
-    """Encode each frame for ``task`` (``None``: universal frames); the next frame is captured while
-    one encodes (:func:`~icmh.edge.prefetch.prefetch`). ``on_encode`` gets each frame's encoding seconds."""
+    """Encode the captured frames for ``task`` (``None``: universal frames), a round of frames (one
+    per source) in one call: same-size frames form one batch. The next round is captured while one
+    encodes. ``on_encode`` gets each frame's encoding seconds (its share of its round's)."""
     spec, quality = frame_codec.loaded.spec.name, frame_codec.loaded.quality
     label = task or UNIVERSAL
-    for image in prefetch(frames, CAPTURE_AHEAD):
+    for round_ in capture.rounds:
+        images = [image for _, image in round_]
         started = time.perf_counter()
-        with metrics.time_encode(label):
-            encoded = (frame_codec.encode([image], task) if task else frame_codec.encode_universal([image]))[0]
-        if on_encode is not None:
-            on_encode(time.perf_counter() - started)
-        metrics.observe_encoded(label, spec, quality, encoded.bpp)
-        yield encoded
+        frames = frame_codec.encode(images, task) if task else frame_codec.encode_universal(images)
+        share = (time.perf_counter() - started) / len(frames)
+        for (source, _), encoded in zip(round_, frames):
+            metrics.observe_encode(label, share)
+            if on_encode is not None:
+                on_encode(share)
+            metrics.observe_encoded(label, spec, quality, encoded.bpp)
+            capture.origins.append(source)
+            yield encoded
 
 
 def parse_consumers(text: str) -> List[Task]:
@@ -166,10 +204,10 @@ def parse_consumers(text: str) -> List[Task]:
     return consumers
 
 
-def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
+def stream(args: argparse.Namespace, capture: Capture, frame_codec: FrameCodec, task: Optional[Task],
            metrics: EdgeMetrics, security: Optional[ClientSecurity] = None,
            consumers: Sequence[Task] = ()) -> int:
-    """Stream ``frames`` to ``args.server`` (coded for ``task``, or universal frames decoded for
+    """Stream the frames of ``capture`` to ``args.server`` (coded for ``task``, or universal frames decoded for
     ``consumers`` when ``task`` is ``None``); returns the exit status.
 
     Raises:
@@ -181,6 +219,8 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
     def on_result(outcome: FrameOutcome) -> None:
         live.add(outcome.encoded.bpp, outcome.round_trip_seconds or None)
         record = outcome_json(outcome)
+        if capture.several:
+            record["source"] = capture.source_of(outcome.frame_id)
         if output:
             output.write(json.dumps(record) + "\n")
             output.flush()
@@ -188,13 +228,13 @@ def stream(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, 
         if args.annotate is not None and not outcome.response.HasField("error"):
             write_annotated(args.annotate, outcome, frame_codec)
 
-    streamer = FrameStreamer(args.server, window=args.window, live=args.camera is not None, metrics=metrics,
+    streamer = FrameStreamer(args.server, window=args.window, live=bool(args.camera), metrics=metrics,
                              task=task.value if task else UNIVERSAL, connect_timeout=args.connect_timeout,
                              reconnect_budget=args.reconnect_budget, on_result=on_result, streams=args.streams,
                              security=security, consumers=[c.value for c in consumers],
                              universal_id=None if task else frame_codec.codec.universal_hash())
     try:
-        stats: StreamStats = asyncio.run(streamer.run(_encoded(frames, frame_codec, task, metrics, live.add_encode)))
+        stats: StreamStats = asyncio.run(streamer.run(encode_capture(capture, frame_codec, task, metrics, live.add_encode)))
     finally:
         if output:
             output.close()
@@ -229,13 +269,18 @@ def write_annotated(folder: Path, outcome: FrameOutcome, frame_codec: FrameCodec
             annotate(decoded.image, result_from_proto(entry)).save(folder / f"{name}{suffix}.png")
 
 
-def save(args: argparse.Namespace, frames: Iterator, frame_codec: FrameCodec, task: Optional[Task],
+def save(args: argparse.Namespace, capture: Capture, frame_codec: FrameCodec, task: Optional[Task],
          metrics: EdgeMetrics) -> int:
-    """Offline: write each encoded frame (for ``task``; ``None``: universal) to ``args.save_dir``;
-    returns the exit status."""
+    """Offline: write each encoded frame (for ``task``; ``None``: universal) to ``args.save_dir`` as
+    ``frame_NNNNNN.icmh``, or with several sources to ``source-K/frame_NNNNNN.icmh`` (K: the
+    source's place on the command line, N: its frame count); returns the exit status."""
     live = LiveLine()
-    for index, encoded in enumerate(_encoded(frames, frame_codec, task, metrics)):
-        write_output(args.save_dir / f"frame_{index:06d}.icmh", encoded.data)
+    counts = [0] * len(capture.names)
+    for index, encoded in enumerate(encode_capture(capture, frame_codec, task, metrics)):
+        source = capture.origins[index]
+        folder = args.save_dir / f"source-{source}" if capture.several else args.save_dir
+        write_output(folder / f"frame_{counts[source]:06d}.icmh", encoded.data)
+        counts[source] += 1
         live.add(encoded.bpp)
     print(file=sys.stderr)
     print(f"{live.text()} ({task.value if task else 'universal'}, {frame_codec.loaded.label}) -> {args.save_dir}")
@@ -256,19 +301,19 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
         args.annotate.mkdir(parents=True, exist_ok=True)
     security = client_security(args) if args.server else None  # bad files fail before any work
     warn_random_weights("edge-client", args)
-    frames = iter(_source(args))
-    first = next(frames, None)  # opens the source (and reports a bad one) before the codec loads
+    capture = _capture(args)
+    first = next(capture.rounds, None)  # opens the sources (and reports a bad one) before the codec loads
     if first is None:
         print("no frames were captured", file=sys.stderr)
         return 1
-    frames = itertools.chain([first], frames)
+    capture.rounds = itertools.chain([first], capture.rounds)
     frame_codec = open_frame_codec(codec_options(args), [task] if task else [])  # universal: the shared encoder
     metrics = EdgeMetrics()
     metrics_server = start_metrics_server(args.metrics_port, metrics.registry, args.metrics_host) if args.metrics_port is not None else None
     try:
         if args.server:
-            return stream(args, frames, frame_codec, task, metrics, security, consumers)
-        return save(args, frames, frame_codec, task, metrics)
+            return stream(args, capture, frame_codec, task, metrics, security, consumers)
+        return save(args, capture, frame_codec, task, metrics)
     finally:
         if metrics_server:
             stop_metrics_server(*metrics_server)

@@ -3,7 +3,7 @@
 =======================================  =========  ======================  ===============================
 name                                     type       labels                  recorded by
 =======================================  =========  ======================  ===============================
-``icmh_edge_encode_duration_seconds``    histogram  task                    :meth:`EdgeMetrics.time_encode`
+``icmh_edge_encode_duration_seconds``    histogram  task                    :meth:`EdgeMetrics.observe_encode`
 ``icmh_edge_round_trip_seconds``         histogram  task                    :meth:`EdgeMetrics.observe_round_trip`
 ``icmh_edge_bits_per_pixel``             histogram  task, codec, quality    :meth:`EdgeMetrics.observe_encoded`
 ``icmh_edge_uplink_bytes_total``         counter    task                    :meth:`EdgeMetrics.count_sent`
@@ -21,7 +21,7 @@ an unexpected value is recorded as ``unknown`` (task) or ``other``.
 
 from __future__ import annotations
 
-from typing import ContextManager, Optional
+from typing import Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -77,9 +77,13 @@ class EdgeMetrics:
         self.frames_in_flight = Gauge(
             "icmh_edge_frames_in_flight", "Frames sent and not yet answered.", registry=reg)
 
-    def time_encode(self, task: object) -> ContextManager:
-        """Return a context manager that records the time spent in its body as one encode."""
-        return self.encode_duration.labels(task=TASK_LABEL(task)).time()
+    def observe_encode(self, task: object, seconds: float) -> None:
+        """Record the encoding time of one frame (a frame of a batch: its share of the batch's time).
+
+        Raises:
+            ValueError: ``seconds`` is negative or not finite.
+        """
+        self.encode_duration.labels(task=TASK_LABEL(task)).observe(check_amount("seconds", seconds))
 
     def observe_encoded(self, task: object, codec: object, quality: object, bpp: float) -> None:
         """Record the bits per pixel of one encoded frame.

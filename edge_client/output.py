@@ -83,8 +83,10 @@ def outcome_json(outcome: FrameOutcome) -> dict:
 
 
 def outcome_text(record: dict) -> str:
-    """One line for a person: frame, bytes, bpp, round trip, then the results (or the error)."""
-    head = (f"frame {record['frame_id']:4d}: {record['bytes']:7,d} B  {record['bpp']:.4f} bpp  "
+    """One line for a person: the source (with several), frame, bytes, bpp, round trip, then the results
+    (or the error)."""
+    source = f"[{record['source']}] " if "source" in record else ""
+    head = (f"{source}frame {record['frame_id']:4d}: {record['bytes']:7,d} B  {record['bpp']:.4f} bpp  "
             f"round trip {record['round_trip_ms']:7.1f} ms")
     if "error" in record:
         return f"{head}  error {record['error']['code']}: {record['error']['message']}"

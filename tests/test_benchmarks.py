@@ -31,3 +31,21 @@ def test_bench_serve_sweeps_configs_and_streams_against_the_in_process_pipeline(
 def test_bench_serve_refuses_unknown_config_keys(capsys):
     assert main(["bench", "serve", *TINY, "--configs", "batch=2,gpus=3"]) == 2
     assert "bad --configs entry 'batch=2,gpus=3'" in capsys.readouterr().err
+
+
+def test_bench_codec_reports_every_path_ratios_and_the_camera_batch(capsys):
+    report = _report(capsys, ["bench", "codec", *TINY, "--random-adapters", "--images", "1", "--repeats", "1",
+                              "--paths", "eager"])
+    times = report["codec_ms"]
+    assert set(times) == {"stock", "eager/human", "eager/detection"}
+    assert all(t["encode_ms"] > 0 and t["decode_ms"] > 0 and t["bpp"] > 0 for t in times.values())
+    ratios = report["ratios"]
+    assert abs(ratios["adapters_vs_base_encode"]
+               - times["eager/detection"]["encode_ms"] / times["eager/human"]["encode_ms"]) < 1e-9
+    assert report["adapters"] == "random init (timing only)"
+    assert set(report["fps"]) == {"640x480", "1280x720"}
+    cameras = report["camera_batching"]
+    assert cameras["cameras"] == 2 and cameras["batched_ms"] > 0
+    assert abs(cameras["speedup"] - cameras["one_by_one_ms"] / cameras["batched_ms"]) < 1e-9
+    macs = report["encoder_macs_per_pixel"]
+    assert macs["base"] > 0 and macs["adapters"] > 0

@@ -185,7 +185,8 @@ def run_edge_client(server_port: int, metrics_port: int, frames: int) -> dict:
     metrics = EdgeMetrics()
     http = start_metrics_server(args.metrics_port, metrics.registry)
     frame_codec = open_frame_codec(codec_options(args), [Task.HUMAN])
-    code = edge_cli.stream(args, open_source("demo", None, frames), frame_codec, Task.HUMAN, metrics)
+    capture = edge_cli.Capture.of([open_source("demo", None, frames)])
+    code = edge_cli.stream(args, capture, frame_codec, Task.HUMAN, metrics)
     return {"code": code, "metrics": fetch(f"http://127.0.0.1:{metrics_port}/metrics"), "http": http}
 
 

@@ -8,12 +8,12 @@ import threading
 import pytest
 
 from icmh.edge.output import LiveLine
-from icmh.edge.prefetch import prefetch
+from icmh.edge.prefetch import Prefetcher
 
 
 def test_items_arrive_in_order_and_all_of_them():
-    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
-    assert list(prefetch(iter([]))) == []
+    assert list(Prefetcher(iter(range(50)), depth=3)) == list(range(50))
+    assert list(Prefetcher(iter([]))) == []
 
 
 def test_the_next_frame_is_captured_while_the_current_one_is_processed():
@@ -24,7 +24,7 @@ def test_the_next_frame_is_captured_while_the_current_one_is_processed():
             event.set()
             yield index
 
-    frames = prefetch(camera(), depth=2)
+    frames = Prefetcher(camera(), depth=2)
     assert next(frames) == 0
     # the consumer holds frame 0 (encoding it); frame 1 is read meanwhile, without asking
     assert captured[1].wait(timeout=30), "frame 1 was not captured while frame 0 was being processed"
@@ -37,7 +37,7 @@ def test_a_source_error_is_raised_at_its_place():
         yield 2
         raise OSError("camera unplugged")
 
-    frames = prefetch(source())
+    frames = Prefetcher(source())
     assert next(frames) == 1 and next(frames) == 2
     with pytest.raises(OSError, match="camera unplugged"):
         next(frames)
@@ -53,7 +53,7 @@ def test_closing_stops_reading_the_source():
             yield index
             index += 1
 
-    frames = prefetch(endless(), depth=2)
+    frames = Prefetcher(endless(), depth=2)
     assert next(frames) == 0
     frames.close()
     threading.Event().wait(0.5)  # the reader notices within 0.1 s
@@ -64,7 +64,7 @@ def test_closing_stops_reading_the_source():
 
 def test_depth_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
-        next(prefetch(iter([1]), depth=0))
+        next(Prefetcher(iter([1]), depth=0))
 
 
 def test_the_live_line_shows_the_encoder_time_and_share():

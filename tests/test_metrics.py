@@ -205,8 +205,7 @@ def test_cloud_metric_names_help_and_units_are_as_documented(cloud):
 def test_edge_counts_frames_bytes_and_bits_per_pixel_exactly(edge):
     metrics, scraper = edge
     for bpp, nbytes in ((0.125, 300), (0.25, 600), (0.0625, 150)):
-        with metrics.time_encode("detection"):
-            pass
+        metrics.observe_encode("detection", 0.01)
         metrics.observe_encoded("detection", "mbt2018-mean-tiny", 1, bpp)
         metrics.count_sent("detection", nbytes)
         metrics.observe_round_trip("detection", 0.5)
@@ -233,9 +232,11 @@ def test_edge_dropped_frames_by_reason_and_in_flight_gauge(edge):
     assert scraper.value("icmh_edge_frames_dropped_total", task="human", reason="error") == 1
     assert scraper.value("icmh_edge_frames_dropped_total", task="human", reason="other") == 1
     assert scraper.value("icmh_edge_frames_in_flight") == 3
-    with metrics.time_encode("human"):
-        pass
+    metrics.observe_encode("human", 0.25)
     assert scraper.value("icmh_edge_encode_duration_seconds_count", task="human") == 1
+    assert scraper.value("icmh_edge_encode_duration_seconds_sum", task="human") == 0.25
+    with pytest.raises(ValueError):
+        metrics.observe_encode("human", -1.0)
 
 
 def test_edge_unexpected_label_values_map_to_the_fallback_never_to_ids(edge):

@@ -193,6 +193,21 @@ def frames_per_second(coders: Coders, repeats: int) -> Dict[str, Dict[str, Dict[
     return out
 
 
+CAMERAS = 2  # cameras of the multi-camera row: frames of one size, encoded as one batch or one by one
+
+
+def camera_batching(coders: Coders, repeats: int) -> Dict[str, float]:
+    """Milliseconds to encode one 640×480 frame from each of :data:`CAMERAS` cameras (eager path,
+    adapted task) in one batched call, as ``edge-client --camera 0 --camera 1`` does, and one
+    frame after the other; ``speedup`` is the second over the first."""
+    generator = torch.Generator().manual_seed(2)
+    frames = [smooth_frame(FPS_SIZES["640x480"], generator) for _ in range(CAMERAS)]
+    frame_codec = coders.decoder
+    times = time_interleaved({"batched_ms": lambda: frame_codec.encode(frames, ADAPTED),
+                              "one_by_one_ms": lambda: [frame_codec.encode([f], ADAPTED) for f in frames]}, repeats)
+    return {"cameras": CAMERAS, **times, "speedup": times["one_by_one_ms"] / times["batched_ms"]}
+
+
 def run_codec(args: argparse.Namespace) -> int:
     """Run the codec benchmark and print its figures (or JSON); returns 0.
 
@@ -207,6 +222,7 @@ def run_codec(args: argparse.Namespace) -> int:
     analysis = time_analysis(coders, images[0], args.repeats)
     fps = frames_per_second(coders, args.repeats)
     report = build_report(args, coders, images, rates, codec_times, analysis, fps)
+    report["camera_batching"] = camera_batching(coders, args.repeats)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -260,6 +276,9 @@ def print_report(report: Dict[str, object]) -> None:
     for label, rows in report["fps"].items():
         print(f"  frames/s at {label}: " + ", ".join(
             f"{row} {r['encode_fps']:.2f}/{r['decode_fps']:.2f}" for row, r in rows.items()) + "  (encode/decode)")
+    cameras = report["camera_batching"]
+    print(f"  {cameras['cameras']} cameras at 640x480 ({EAGER}/{ADAPTED.value}): one batch {cameras['batched_ms']:.0f} ms, "
+          f"one by one {cameras['one_by_one_ms']:.0f} ms, speedup {cameras['speedup']:.2f}")
     macs = report["encoder_macs_per_pixel"]
     print(f"  encoder MACs/pixel: {macs['base'] / 1e3:.1f} K + {macs['adapters'] / 1e3:.1f} K adapters "
           f"(paper, Lu2022-TIC: 142.5 K + 14.7 K)")
