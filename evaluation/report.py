@@ -62,8 +62,17 @@ def bd_pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
             if test in present and anchor in present]
 
 
-def bd_table(result: EvalResult, method: str = TABLE_METHOD) -> List[Dict[str, Any]]:
-    """BD-rate (%) and BD-metric of each pair of :func:`bd_pairs`, for every metric.
+def bd_table(result: EvalResult, method: str = TABLE_METHOD,
+             pairs: Sequence[Tuple[str, str]] = ()) -> List[Dict[str, Any]]:
+    """BD-rate (%) and BD-metric of each ``(test, anchor)`` pair (default: those of :func:`bd_pairs`),
+    for every metric; see :func:`compare`."""
+    pairs = list(pairs) or bd_pairs([r["method"] for r in result.rows])
+    return [compare(result, test, anchor, metric, method) for metric in list(result.metrics) for test, anchor in pairs]
+
+
+def compare(result: EvalResult, test_method: str, anchor_method: str, metric: str,
+            method: str = TABLE_METHOD) -> Dict[str, Any]:
+    """BD-rate (%) and BD-metric of ``test_method`` against ``anchor_method`` on ``metric``.
 
     A negative BD-rate means the test method needs fewer bits than the anchor for the same
     metric. Each curve is reduced to its :func:`pareto_front` first (``note`` says how many
@@ -71,29 +80,34 @@ def bd_table(result: EvalResult, method: str = TABLE_METHOD) -> List[Dict[str, A
     (said in ``fit``); a pair that cannot be compared (too few points, constant curves, no
     shared range) gets NaN and the reason in ``note``.
     """
-    table = []
-    pairs = bd_pairs([r["method"] for r in result.rows])
-    for metric in list(result.metrics):
-        for test_method, anchor_method in pairs:
-            raw_anchor, raw_test = curve(result, anchor_method, metric), curve(result, test_method, metric)
-            anchor, test = pareto_front(*raw_anchor), pareto_front(*raw_test)
-            fit = method if min(anchor[0].size, test[0].size) >= CUBIC_MIN_POINTS else "pchip"
-            dropped = {name: raw[0].size - kept[0].size
-                       for name, raw, kept in (("anchor", raw_anchor, anchor), ("test", raw_test, test))}
-            note = ("Pareto fronts: " + ", ".join(f"{count} {name} point{'s' * (count > 1)} left out (a cheaper "
-                                                   f"point of the same curve scores as well)"
-                                                   for name, count in dropped.items() if count)
-                    if any(dropped.values()) else "")
-            row = {"method": test_method, "anchor": anchor_method, "metric": metric, "fit": fit,
-                   "bd_rate": math.nan, "bd_metric": math.nan, "note": note}
-            try:
-                row["bd_rate"] = bd_rate(*anchor, *test, method=fit)
-                row["bd_metric"] = bd_metric(*anchor, *test, method=fit)
-            except InvalidInputError as exc:  # the reason goes into the table instead of stopping the report
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                row["note"] = f"{note}; {reason}" if note else reason
-            table.append(row)
-    return table
+    raw_anchor, raw_test = curve(result, anchor_method, metric), curve(result, test_method, metric)
+    anchor, test = pareto_front(*raw_anchor), pareto_front(*raw_test)
+    fit = method if min(anchor[0].size, test[0].size) >= CUBIC_MIN_POINTS else "pchip"
+    dropped = {name: raw[0].size - kept[0].size
+               for name, raw, kept in (("anchor", raw_anchor, anchor), ("test", raw_test, test))}
+    note = ("Pareto fronts: " + ", ".join(f"{count} {name} point{'s' * (count > 1)} left out (a cheaper "
+                                           f"point of the same curve scores as well)"
+                                           for name, count in dropped.items() if count)
+            if any(dropped.values()) else "")
+    row = {"method": test_method, "anchor": anchor_method, "metric": metric, "fit": fit,
+           "bd_rate": math.nan, "bd_metric": math.nan, "note": note}
+    try:
+        row["bd_rate"] = bd_rate(*anchor, *test, method=fit)
+        row["bd_metric"] = bd_metric(*anchor, *test, method=fit)
+    except InvalidInputError as exc:  # the reason goes into the table instead of stopping the report
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        row["note"] = f"{note}; {reason}" if note else reason
+    return row
+
+
+def read_result(path: Path) -> EvalResult:
+    """An :class:`EvalResult` from the ``eval-TASK.json`` that ``icmh eval`` wrote (JSON nulls back to NaN)."""
+    data = json.loads(Path(path).read_text())
+    rows = [{key: (math.nan if value is None else value) for key, value in row.items()} for row in data["points"]]
+    for row in rows:
+        row["bpp"] = float(row["bpp"])
+    return EvalResult(data["task"], data["reference"], data["task_model"], data["codec"], data["random_weights"],
+                      rows, data.get("notes") or [])
 
 
 def write_points(result: EvalResult, table: Sequence[Dict[str, Any]], folder: Path, stem: str) -> Dict[str, Path]:

@@ -14,23 +14,9 @@ import json
 import math
 from pathlib import Path
 
-from icmh.evaluation.report import bd_table
-from icmh.evaluation.runner import EvalResult
+from icmh.evaluation.report import bd_table, read_result
 from icmh.evaluation.suite import SUITE, SuiteResult, markdown, summary
 from icmh.tasks import Task
-
-
-def _number(value: object) -> float:
-    return math.nan if value is None else float(value)
-
-
-def load_result(path: Path) -> EvalResult:
-    """An :class:`EvalResult` from the ``eval-TASK.json`` that ``icmh eval`` wrote."""
-    data = json.loads(path.read_text())
-    rows = [{key: (_number(value) if key in ("bpp",) else value) for key, value in row.items()}
-            for row in data["points"]]
-    return EvalResult(data["task"], data["reference"], data["task_model"], data["codec"], data["random_weights"],
-                      rows, data.get("notes") or [])
 
 
 def main() -> int:
@@ -43,14 +29,10 @@ def main() -> int:
     found = {}
     for folder in args.folders:
         for path in sorted(folder.glob("eval-*.json")):
-            result = load_result(path)
+            result = read_result(path)
             found[Task(result.task)] = (result, path)
     for task in sorted(found, key=lambda t: order.index(t) if t in order else len(order)):
         result, path = found[task]
-        for row in result.rows:  # JSON wrote NaN metrics as null
-            for key, value in row.items():
-                if value is None:
-                    row[key] = math.nan
         suite.results[task], suite.tables[task] = result, bd_table(result)
         suite.seconds[task] = json.loads((path.parent / "results.json").read_text())[task.value]["seconds"] \
             if (path.parent / "results.json").is_file() else math.nan

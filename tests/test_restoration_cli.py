@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 from icmh.cli.main import main
+from icmh.errors import InvalidInputError
 from icmh.codec.adapter_checkpoint import read_adapters
 from icmh.evaluation.datasets import open_eval_set
 from icmh.evaluation.image_quality import decode_png, psnr
@@ -190,3 +191,41 @@ def test_icmh_train_denoise_trains_adapters_against_the_restoration_network(few_
     code, _, err = _run(capsys, "train", "--task", "super-resolution", *CODEC, "--quality", "1", "--lmbda", "845",
                         "--steps", "1", "--crop", "64", "--out", str(tmp_path / "sr.safetensors"))
     assert code == 2 and "multiple of 128" in err
+
+
+def test_embedding_term_adds_beta_times_the_supervisors_distance_of_restored_to_clean():
+    """LL-ICM's robustness term: MSE(R(x̂), x) + β·D_E(x, R(x̂)), with the seeded random CLIP tower."""
+    from icmh.taskmodels import ModelOptions
+    from icmh.training.supervision import EmbeddingRegularised, load_supervisor
+
+    model = load_task_model(Task.DENOISE)
+    supervisor = load_supervisor("clip-random", options=ModelOptions(seed=0))
+    regularised = EmbeddingRegularised(model, supervisor, 0.5)
+    clean = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    noisy = degrade(Task.DENOISE, clean, seed=0).requires_grad_(True)
+    torch.manual_seed(7)  # the supervisor's random boxes
+    loss = regularised.clean_distortion(clean, noisy)
+    torch.manual_seed(7)
+    embedding = supervisor.distortion(clean, model.restore(noisy))
+    pixel = F.mse_loss(model.restore(noisy), clean)
+    assert embedding.item() > 0
+    assert loss.item() == pytest.approx(pixel.item() + 0.5 * embedding.item(), rel=1e-5)
+    loss.backward()
+    assert noisy.grad is not None and noisy.grad.abs().sum() > 0
+    with pytest.raises(InvalidInputError, match="positive"):
+        EmbeddingRegularised(model, supervisor, 0.0)
+
+
+def test_icmh_train_embedding_weight_is_recorded_and_refused_where_it_has_no_meaning(few_training_images, tmp_path,
+                                                                                     capsys):
+    out = tmp_path / "denoise-embedding.safetensors"
+    code, text, err = _run(capsys, "train", "--task", "denoise", *CODEC, "--quality", "1", "--lmbda", "845",
+                           "--embedding-weight", "0.1", "--supervisor", "clip-random", "--data",
+                           str(few_training_images), "--steps", "2", "--crop", "64", "--batch-size", "2",
+                           "--no-progress", "--out", str(out))
+    assert code == 0, err
+    meta, _ = read_adapters(out)
+    assert meta.task_model.startswith("restore-denoise + 0.1·clip-random") and meta.steps == 2
+    code, _, err = _run(capsys, "train", "--task", "detection", *CODEC, "--quality", "1", "--embedding-weight", "0.1",
+                        "--steps", "1", "--out", str(tmp_path / "det.safetensors"))
+    assert code == 2 and "for the restoration tasks" in err

@@ -54,13 +54,13 @@ from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, rea
 from icmh.training.data import RandomCrops
 from icmh.training.pairs import check_crop, coding_pair, pair_distortion
 from icmh.training.rd import AMP_DTYPES
-from icmh.training.supervision import supervisor_for
+from icmh.training.supervision import EmbeddingRegularised, load_supervisor, supervisor_for
 
 CHECKPOINT_FORMAT = "icmh-adapter-training/2"
 CSV_FIELDS = ("step", "loss", "bpp", "distortion", "lr")
 RESUME_KEYS = ("task", "model", "codec", "quality", "variant", "mid_dim", "init", "batch_size", "crop", "seed", "lmbda",
                "heads", "joint", "models", "lmbdas", "supervisor")
-OPTION_KEYS = ("importance", "prompts")  # resume checks these too; checkpoints from before them: False
+OPTION_KEYS = ("importance", "prompts", "embedding_weight")  # resume checks these too; older checkpoints: False
 SCHEDULES = ("constant", "multistep")
 MULTISTEP_MILESTONES = (0.6, 0.9)  # fractions of the total steps; lr × 0.1 at each
 
@@ -74,9 +74,9 @@ LAMBDA_PRESETS: Dict[str, Dict[int, float]] = {
     "mask_rcnn_R_50_FPN_3x": {1: 0.5, 2: 1.0, 3: 2.0, 4: 5.0},
     # the real small models on mbt2018-mean-small: `icmh train --calibrate` (k = 1) at quality 2, the
     # other qualities scaled by the codec's own λ ratio (SMALL_LAMBDAS[q] / SMALL_LAMBDAS[2]), see docs/method.md
-    "yolox-nano": {1: 1.24, 2: 4.61, 3: 17.2, 4: 33.2},
-    "yolov5n-seg": {1: 0.075, 2: 0.28, 3: 1.04, 4: 2.02},
-    "mobilenet-v2": {1: 0.0059, 2: 0.022, 3: 0.082, 4: 0.159},
+    "yolox-nano": {1: 1.24, 2: 4.61, 3: 17.2, 4: 33.2, 5: 64.1},
+    "yolov5n-seg": {1: 0.075, 2: 0.28, 3: 1.04, 4: 2.02, 5: 3.90},
+    "mobilenet-v2": {1: 0.0059, 2: 0.022, 3: 0.082, 4: 0.159, 5: 0.306},
 }
 
 
@@ -142,6 +142,8 @@ class AdapterTrainConfig(RunFiles):
     supervisor: str = "standin"  # what trains the machine head (icmh.training.supervision)
     importance: bool = False  # learn an importance-map selector with the adapters (icmh.models.importance)
     prompts: bool = False  # learn a decoder-side task prompt with the adapters
+    # restoration tasks (LL-ICM): β of the supervisor's embedding distance between restored and clean image
+    embedding_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.heads:
@@ -154,6 +156,11 @@ class AdapterTrainConfig(RunFiles):
             if not task.uses_adapters:
                 raise InvalidInputError("task 'human' has no adapters to train")
             check_crop(task, self.crop)
+            if self.embedding_weight and not task.is_restoration:
+                raise InvalidInputError("--embedding-weight is for the restoration tasks (denoise, deblur, "
+                                        "super-resolution, low-light)")
+        if self.embedding_weight < 0 or (self.heads and self.embedding_weight):
+            raise InvalidInputError("--embedding-weight must be positive, and is for one restoration task's adapters")
         if self.schedule not in SCHEDULES:
             raise InvalidInputError(f"unknown schedule {self.schedule!r} (valid: {', '.join(SCHEDULES)})")
         if self.amp not in AMP_DTYPES:
@@ -251,6 +258,8 @@ def task_objective(config: AdapterTrainConfig, codec: AdaptedCodec, options: Mod
         return out["likelihoods"], {task: out["x_hat"]}
 
     model = load_task_model(task, config.model, options)
+    if config.embedding_weight:  # LL-ICM: the restoration also held close to the clean image in embedding space
+        model = EmbeddingRegularised(model, load_supervisor(config.supervisor, options=options), config.embedding_weight)
     return Objective({"adapter": adapter_set}, forward, [(task, model, config.lmbda)])
 
 

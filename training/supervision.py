@@ -130,6 +130,31 @@ class FeatureStandIn(Supervisor):
         return pooled + regions
 
 
+class EmbeddingRegularised(nn.Module):
+    """A restoration consumer trained for robustness as LL-ICM does: its distortion is the pixel error
+    of the restoration to the clean image plus ``weight`` times the supervisor's global-to-instance
+    embedding distance between the two (:meth:`Supervisor.distortion`),
+    ``MSE(R(x̂), x) + β · D_E(x, R(x̂))``. Used where a model's ``clean_distortion`` is."""
+
+    def __init__(self, model: TaskModel, supervisor: Supervisor, weight: float) -> None:
+        super().__init__()
+        if weight <= 0:
+            raise InvalidInputError(f"the embedding weight must be positive, got {weight}")
+        self.model, self.supervisor, self.weight = model, supervisor, float(weight)
+        self.name = f"{model.name} + {weight:g}·{supervisor.name} embedding distance"
+        self.weights_label = f"{model.weights_label}; {supervisor.name}: {supervisor.weights_label}"
+
+    def clean_distortion(self, clean: Tensor, x_hat: Tensor) -> Tensor:
+        """``MSE(R(x̂), clean) + β · D_E(clean, R(x̂))``; gradients flow to ``x_hat``."""
+        restored = self.model.restore(x_hat)
+        clean = clean.detach()
+        return self.model.restoration_error(restored, clean) + self.weight * self.supervisor.distortion(clean, restored)
+
+    def train(self, mode: bool = True) -> "EmbeddingRegularised":
+        """Always in eval mode: both models are frozen."""
+        return super().train(False)
+
+
 def load_supervisor(name: str = STANDIN, *, models: Sequence[str] = STANDIN_MODELS,
                     options: ModelOptions = ModelOptions(), download: bool = True) -> Supervisor:
     """Build supervisor ``name`` (:data:`SUPERVISORS`), frozen, on ``options.device``.

@@ -48,9 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     universal.add_argument("--encoder-adapters", type=Path, metavar="FILE",
                            help="with --decoder-only: the shared-encoder file whose frames the heads decode")
     universal.add_argument("--supervisor", default=defaults.supervisor, choices=SUPERVISORS,
-                           help="what supervises the machine head: standin (the real small classifiers' features "
-                                "together), clip-vit-b-32/16 (CLIP weights from the Hugging Face cache) or "
-                                "clip-random (tests) (default %(default)s)")
+                           help="what supervises the machine head (and --embedding-weight): standin (the real "
+                                "small classifiers' features together), clip-vit-b-32/16 (CLIP weights from the "
+                                "Hugging Face cache) or clip-random (tests) (default %(default)s)")
     universal.add_argument("--lmbdas", metavar="C=λ,...", help="λ per head, e.g. human=400,detection=4.6 "
                                                               "(default: see --heads)")
     add_task_model_options(parser, several=True)
@@ -79,6 +79,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "sent as side information counted in the rate (docs/importance.md)")
     parser.add_argument("--prompts", action="store_true",
                         help="also learn a task prompt: a per-channel scale and shift of the decoded latent")
+    parser.add_argument("--embedding-weight", type=float, default=0.0, metavar="BETA",
+                        help="restoration tasks (LL-ICM): add BETA × the --supervisor's global-to-instance embedding "
+                             "distance between the restored and the clean image to the pixel error, for "
+                             "robustness to the degradation (default 0: pixel error only)")
     parser.add_argument("--resume", action="store_true", help="continue from FILE.ckpt.safetensors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--out", type=Path, help="output adapter checkpoint (.safetensors); required unless --calibrate")
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         variant=args.variant, mid_dim=args.mid_dim, init=args.init, heads=[t.value for t in heads],
         joint=not args.decoder_only, encoder_adapters=args.encoder_adapters, supervisor=args.supervisor,
         models={t.value: name for t, name in models.items()} if heads else {}, lmbdas=parse_lmbdas(args.lmbdas),
-        importance=args.importance, prompts=args.prompts,
+        importance=args.importance, prompts=args.prompts, embedding_weight=args.embedding_weight,
     )
     warn_random_weights(f"icmh train {args.task or 'universal heads'}", args)
     history = train_adapters(config, progress=not args.no_progress)

@@ -92,7 +92,12 @@ class RestorationModel(TaskModel):
     def clean_distortion(self, clean: Tensor, x_hat: Tensor) -> Tensor:
         """LL-ICM's distortion: the MSE between the restoration of ``x_hat`` and the ``clean`` image
         (N×3×(scale·h)×(scale·w), no gradient); gradients flow to ``x_hat``."""
-        restored = self.restore(x_hat)
+        return self.restoration_error(self.restore(x_hat), clean)
+
+    @staticmethod
+    def restoration_error(restored: Tensor, clean: Tensor) -> Tensor:
+        """The MSE of a restoration to the ``clean`` image (no gradient to ``clean``); raises
+        :class:`InvalidInputError` when their sizes differ."""
         if restored.shape != clean.shape:
             raise InvalidInputError(f"the clean target is {tuple(clean.shape)}, the restoration "
                                     f"{tuple(restored.shape)}")
