@@ -30,7 +30,6 @@ encoder adapters with the heads; otherwise only decoder heads learn, on a frozen
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +37,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from icmh.codec.adapter_checkpoint import ROLE_HEAD, ROLE_SHARED_ENCODER, AdapterMetadata, save_adapters
 from icmh.codec.frame_codec import FrameCodec
@@ -50,7 +48,7 @@ from icmh.models.registry import get_codec
 from icmh.seeding import seeded
 from icmh.taskmodels import ModelOptions, default_model_name, load_task_model
 from icmh.tasks import Task
-from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
 from icmh.training.data import RandomCrops
 from icmh.training.pairs import check_crop, coding_pair, pair_distortion
 from icmh.training.rd import AMP_DTYPES
@@ -313,65 +311,40 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
     history = TrainHistory()
     history.step_seconds = []
     history.task_model_label = objective.label
-    start = 0
-    if config.resume:
-        checkpoint = read_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT)
-        check_same_settings(checkpoint.config, config.settings(), RESUME_KEYS)
-        check_same_settings({k: checkpoint.config.get(k, False) for k in OPTION_KEYS}, config.settings(), OPTION_KEYS)
-        for name, group in objective.groups.items():
-            group.load_state_dict(checkpoint.groups[name], strict=True)
-        checkpoint.restore_optimizer("adam", optimizer)
-        start = checkpoint.step
-    log = StepLog(config.csv_path, config.csv_fields)
-    history.extend(log.restart(start))
-    history.start_step = start
-
-    def save(step: int) -> None:
-        save_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT, step, config.settings(),
-                        {name: group.state_dict() for name, group in objective.groups.items()}, {"adam": optimizer})
-
+    run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, objective.groups, {"adam": optimizer},
+                      config.csv_fields, OPTION_KEYS)
+    history.extend(run.history)
+    history.start_step = run.start
     what = f"universal heads {','.join(config.heads)}" if config.heads else f"{config.task} adapters"
-    label = f"train {what} {config.codec} q{config.quality}"
-    bar = tqdm(range(start + 1, config.steps + 1), desc=label, disable=not progress, initial=start, total=config.steps)
     device = torch.device(config.device)
-    try:
-        for step in bar:
-            began = time.perf_counter()
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, target = coding_pair(config.task, dataset.batch(step, config.batch_size), config.seed * 1_000_003 + step)
-            x = x.to(device)  # restoration tasks: the degraded crop, scored against the clean ``target``
-            torch.manual_seed(config.seed * 1_000_003 + step)
-            optimizer.zero_grad(set_to_none=True)
-            likelihoods, x_hats = objective.forward(x, amp)
-            pixels = x.shape[0] * x.shape[2] * x.shape[3]
-            bpp = sum(-torch.log2(l).sum() for l in likelihoods.values()) / pixels
-            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                dists = {consumer: pair_distortion(model, x, target, x_hats[consumer]).float()
-                         for consumer, model, _ in objective.terms}
-            weighted = sum(lmbda * dists[consumer] for consumer, _, lmbda in objective.terms)
-            loss = bpp + weighted
-            if not math.isfinite(loss.item()):
-                raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            loss.backward()
-            optimizer.step()
-            history.step_seconds.append(time.perf_counter() - began)
-            record = {"step": step, "loss": loss.item(), "bpp": bpp.item(), "distortion": weighted.item(), "lr": lr}
-            if config.heads:
-                record.update({f"distortion_{consumer.value}": d.item() for consumer, d in dists.items()})
-            else:
-                record["distortion"] = dists[Task(config.task)].item()
-            history.append(record)
-            log.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", bpp=f"{record['bpp']:.4f}",
-                            distortion=f"{record['distortion']:.4f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(step)
-    finally:
-        log.close()
+    for step in run.steps(f"train {what} {config.codec} q{config.quality}", progress):
+        began = time.perf_counter()
+        lr = learning_rate(config, step)
+        run.set_lr(lr, optimizer)
+        x, target = coding_pair(config.task, dataset.batch(step, config.batch_size), config.seed * 1_000_003 + step)
+        x = x.to(device)  # restoration tasks: the degraded crop, scored against the clean ``target``
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        optimizer.zero_grad(set_to_none=True)
+        likelihoods, x_hats = objective.forward(x, amp)
+        pixels = x.shape[0] * x.shape[2] * x.shape[3]
+        bpp = sum(-torch.log2(l).sum() for l in likelihoods.values()) / pixels
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            dists = {consumer: pair_distortion(model, x, target, x_hats[consumer]).float()
+                     for consumer, model, _ in objective.terms}
+        weighted = sum(lmbda * dists[consumer] for consumer, _, lmbda in objective.terms)
+        loss = bpp + weighted
+        value = check_finite(loss, step)
+        loss.backward()
+        optimizer.step()
+        history.step_seconds.append(time.perf_counter() - began)
+        record = {"step": step, "loss": value, "bpp": bpp.item(), "distortion": weighted.item(), "lr": lr}
+        if config.heads:
+            record.update({f"distortion_{consumer.value}": d.item() for consumer, d in dists.items()})
+        else:
+            record["distortion"] = dists[Task(config.task)].item()
+        history.append(record)
+        run.record(record, loss=f"{value:.4f}", bpp=f"{record['bpp']:.4f}", distortion=f"{record['distortion']:.4f}")
     codec.eval()
-    save(config.steps)
     provenance = dict(training_data="\n".join(relative_names(files)), steps=config.steps,
                       random_weights=config.random_task_model or config.random_codec)
     if config.heads:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
+from tqdm import tqdm
 
 from icmh.errors import InvalidInputError
 
@@ -158,3 +160,77 @@ class StepLog:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+class TrainingRun:
+    """What every resumable training loop does around its step: resume, log, checkpoint, progress.
+
+    Built from the run's config (a :class:`RunFiles` dataclass with ``out``, ``resume``, ``steps``
+    and ``checkpoint_every``), the checkpoint format and the settings a resume must match
+    (``resume_keys``; ``option_keys`` default to ``False`` in older checkpoints), the module groups
+    and optimizers to checkpoint by name, and the CSV columns. On resume, the groups, the
+    optimizers and the log are restored to the checkpoint's step (:attr:`start`; the records so far
+    in :attr:`history`). :meth:`steps` yields the steps still to run under a progress bar, writes a
+    checkpoint every ``checkpoint_every`` steps and at the end, and closes the log whatever happens.
+    """
+
+    def __init__(self, config: RunFiles, fmt: str, resume_keys: Sequence[str], groups: Mapping[str, nn.Module],
+                 optimizers: Mapping[str, torch.optim.Optimizer], csv_fields: Sequence[str],
+                 option_keys: Sequence[str] = ()) -> None:
+        self.config, self.fmt = config, fmt
+        self.groups, self.optimizers = dict(groups), dict(optimizers)
+        self.start = 0
+        if config.resume:  # type: ignore[attr-defined]
+            checkpoint = read_checkpoint(config.checkpoint_path, fmt)
+            settings = config.settings()
+            check_same_settings(checkpoint.config, settings, resume_keys)
+            check_same_settings({k: checkpoint.config.get(k, False) for k in option_keys}, settings, option_keys)
+            for name, group in self.groups.items():
+                group.load_state_dict(checkpoint.groups[name], strict=True)
+            for name, optimizer in self.optimizers.items():
+                checkpoint.restore_optimizer(name, optimizer)
+            self.start = checkpoint.step
+        self.log = StepLog(config.csv_path, csv_fields)
+        self.history: List[Dict[str, float]] = self.log.restart(self.start)
+        self.bar: tqdm = None
+
+    def save(self, step: int) -> None:
+        """Write the resume checkpoint at ``step``."""
+        save_checkpoint(self.config.checkpoint_path, self.fmt, step, self.config.settings(),
+                        {name: group.state_dict() for name, group in self.groups.items()}, self.optimizers)
+
+    def steps(self, label: str, progress: bool = True) -> Iterator[int]:
+        """The (1-based) steps from :attr:`start` + 1 to the config's ``steps``, under a progress bar named
+        ``label``; a checkpoint every ``checkpoint_every`` steps and one at the end (if any step ran)."""
+        total, every = self.config.steps, self.config.checkpoint_every  # type: ignore[attr-defined]
+        self.bar = tqdm(range(self.start + 1, total + 1), desc=label, disable=not progress, initial=self.start,
+                        total=total)
+        try:
+            for step in self.bar:
+                yield step
+                if every and step % every == 0:
+                    self.save(step)
+        finally:
+            self.log.close()
+        if self.start < total:
+            self.save(total)
+
+    def set_lr(self, lr: float, optimizer: torch.optim.Optimizer) -> None:
+        """Set the learning rate of every parameter group of ``optimizer``."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def record(self, row: Dict[str, float], **shown: str) -> None:
+        """Keep one step's record (history and CSV) and show ``shown`` beside the progress bar."""
+        self.history.append(row)
+        self.log.append(row)
+        if self.bar is not None:
+            self.bar.set_postfix(**shown)
+
+
+def check_finite(loss: Tensor, step: int, advice: str = "lower --lr") -> float:
+    """``loss`` as a float; raises :class:`InvalidInputError` naming ``step`` when it is NaN or infinite."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise InvalidInputError(f"training diverged at step {step} (loss {value}); {advice}")
+    return value

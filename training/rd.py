@@ -28,7 +28,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from compressai.losses import RateDistortionLoss
 from torch import nn
-from tqdm import tqdm
 
 from icmh.data_splits import TRAINING_SETS, image_list_digest, relative_names, training_images
 from icmh.errors import InvalidInputError
@@ -38,7 +37,7 @@ from icmh.models.registry import get_codec
 from icmh.codec.weights import load_codec_state, save_codec_weights
 from icmh.hub import read_state_dict
 
-from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-codec-training/1"
@@ -118,59 +117,32 @@ def train_base_codec(config: RDTrainConfig, progress: bool = True) -> RDTrainRes
     dataset = RandomCrops(files, crop=config.crop, seed=config.seed, length=config.steps * config.batch_size)
     amp = AMP_DTYPES[config.amp]
 
-    start = 0
-    if config.resume:
-        checkpoint = read_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT)
-        check_same_settings(checkpoint.config, config.settings(), RESUME_KEYS)
-        model.load_state_dict(checkpoint.groups["model"])
-        checkpoint.restore_optimizer("main", optimizer)
-        checkpoint.restore_optimizer("aux", aux_optimizer)
-        start = checkpoint.step
-    log = StepLog(config.csv_path, CSV_FIELDS)
-    history = log.restart(start)
-    elapsed = sum(r["seconds"] for r in history)
-
-    def save(step: int) -> None:
-        save_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT, step, config.settings(),
-                        {"model": model.state_dict()}, {"main": optimizer, "aux": aux_optimizer})
-
-    bar = tqdm(range(start + 1, config.steps + 1), desc=f"train-codec {config.codec} q{config.quality}",
-               disable=not progress, initial=start, total=config.steps)
-    try:
-        for step in bar:
-            began = time.perf_counter()
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = dataset.batch(step, config.batch_size).contiguous(memory_format=torch.channels_last)
-            torch.manual_seed(config.seed * 1_000_003 + step)
-            optimizer.zero_grad(set_to_none=True)
-            aux_optimizer.zero_grad(set_to_none=True)
-            out = criterion(training_forward(model, spec.latent_coder, x, amp), x)
-            if not math.isfinite(out["loss"].item()):
-                raise InvalidInputError(f"training diverged at step {step} (loss {out['loss'].item()}); "
-                                        f"lower --lr or resume from the last checkpoint")
-            out["loss"].backward()
-            nn.utils.clip_grad_norm_(main_params, 1.0)
-            optimizer.step()
-            aux_loss = model.aux_loss()
-            aux_loss.backward()
-            aux_optimizer.step()
-            seconds = time.perf_counter() - began
-            mse = out["mse_loss"].item()
-            record = {"step": step, "loss": out["loss"].item(), "bpp": out["bpp_loss"].item(), "mse": mse,
-                      "psnr": -10 * math.log10(max(mse, 1e-10)), "aux": aux_loss.item(), "lr": lr,
-                      "seconds": seconds}
-            history.append(record)
-            log.append(record)
-            elapsed += seconds
-            bar.set_postfix(loss=f"{record['loss']:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(step)
-    finally:
-        log.close()
-    if start < config.steps:
-        save(config.steps)
+    run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, {"model": model},
+                      {"main": optimizer, "aux": aux_optimizer}, CSV_FIELDS)
+    elapsed = sum(r["seconds"] for r in run.history)
+    for step in run.steps(f"train-codec {config.codec} q{config.quality}", progress):
+        began = time.perf_counter()
+        lr = learning_rate(config, step)
+        run.set_lr(lr, optimizer)
+        x = dataset.batch(step, config.batch_size).contiguous(memory_format=torch.channels_last)
+        torch.manual_seed(config.seed * 1_000_003 + step)
+        optimizer.zero_grad(set_to_none=True)
+        aux_optimizer.zero_grad(set_to_none=True)
+        out = criterion(training_forward(model, spec.latent_coder, x, amp), x)
+        loss = check_finite(out["loss"], step, "lower --lr or resume from the last checkpoint")
+        out["loss"].backward()
+        nn.utils.clip_grad_norm_(main_params, 1.0)
+        optimizer.step()
+        aux_loss = model.aux_loss()
+        aux_loss.backward()
+        aux_optimizer.step()
+        seconds = time.perf_counter() - began
+        mse = out["mse_loss"].item()
+        record = {"step": step, "loss": loss, "bpp": out["bpp_loss"].item(), "mse": mse,
+                  "psnr": -10 * math.log10(max(mse, 1e-10)), "aux": aux_loss.item(), "lr": lr, "seconds": seconds}
+        elapsed += seconds
+        run.record(record, loss=f"{loss:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}")
+    history = run.history
 
     model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():

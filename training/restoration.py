@@ -28,7 +28,6 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from icmh.data_splits import image_list_digest, relative_names, training_images
 from icmh.errors import InvalidInputError
@@ -36,7 +35,7 @@ from icmh.restoration import (NetworkConfig, RestorationNet, build_network, bund
                               degradation_parameters, degrade, parameter_count, restoration_target, save_network)
 from icmh.tasks import RESTORATION_TASKS, Task
 from icmh.training.adapters import SCHEDULES, learning_rate
-from icmh.training.checkpoint import RunFiles, StepLog, check_same_settings, read_checkpoint, save_checkpoint
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-restoration-training/1"
@@ -126,54 +125,27 @@ def train_restoration(config: RestorationTrainConfig, progress: bool = True) -> 
     dataset = RandomCrops(files, crop=config.crop, seed=config.seed, length=config.steps * config.batch_size)
     criterion = LOSSES[config.loss]
 
-    start = 0
-    if config.resume:
-        checkpoint = read_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT)
-        check_same_settings(checkpoint.config, config.settings(), RESUME_KEYS)
-        net.load_state_dict(checkpoint.groups["net"])
-        checkpoint.restore_optimizer("adam", optimizer)
-        start = checkpoint.step
-    log = StepLog(config.csv_path, CSV_FIELDS)
-    history = log.restart(start)
-    elapsed = sum(r["seconds"] for r in history)
-
-    def save(step: int) -> None:
-        save_checkpoint(config.checkpoint_path, CHECKPOINT_FORMAT, step, config.settings(),
-                        {"net": net.state_dict()}, {"adam": optimizer})
-
-    bar = tqdm(range(start + 1, config.steps + 1), desc=f"train-restoration {task.value}", disable=not progress,
-               initial=start, total=config.steps)
-    try:
-        for step in bar:
-            began = time.perf_counter()
-            lr = learning_rate(config, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            clean = dataset.batch(step, config.batch_size)
-            degraded = degrade(task, clean, seed=config.seed * 1_000_003 + step).to(device)
-            target = restoration_target(task, clean).to(device)
-            optimizer.zero_grad(set_to_none=True)
-            restored = net(degraded)
-            loss = criterion(restored, target)
-            if not math.isfinite(loss.item()):
-                raise InvalidInputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr or "
-                                        f"resume from the last checkpoint")
-            loss.backward()
-            optimizer.step()
-            seconds = time.perf_counter() - began
-            record = {"step": step, "loss": loss.item(), "psnr": psnr_of(restored, target),
-                      "psnr_input": psnr_of(net.skip(degraded), target), "lr": lr, "seconds": seconds}
-            history.append(record)
-            log.append(record)
-            elapsed += seconds
-            bar.set_postfix(loss=f"{record['loss']:.4f}", psnr=f"{record['psnr']:.2f}",
-                            input=f"{record['psnr_input']:.2f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
-                save(step)
-    finally:
-        log.close()
-    if start < config.steps:
-        save(config.steps)
+    run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, {"net": net}, {"adam": optimizer}, CSV_FIELDS)
+    elapsed = sum(r["seconds"] for r in run.history)
+    for step in run.steps(f"train-restoration {task.value}", progress):
+        began = time.perf_counter()
+        lr = learning_rate(config, step)
+        run.set_lr(lr, optimizer)
+        clean = dataset.batch(step, config.batch_size)
+        degraded = degrade(task, clean, seed=config.seed * 1_000_003 + step).to(device)
+        target = restoration_target(task, clean).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        restored = net(degraded)
+        loss = criterion(restored, target)
+        value = check_finite(loss, step, "lower --lr or resume from the last checkpoint")
+        loss.backward()
+        optimizer.step()
+        seconds = time.perf_counter() - began
+        record = {"step": step, "loss": value, "psnr": psnr_of(restored, target),
+                  "psnr_input": psnr_of(net.skip(degraded), target), "lr": lr, "seconds": seconds}
+        elapsed += seconds
+        run.record(record, loss=f"{value:.4f}", psnr=f"{record['psnr']:.2f}", input=f"{record['psnr_input']:.2f}")
+    history = run.history
     net = net.eval().cpu()
     metadata = save_network(net, config.out, task, recipe(config, names, history, elapsed, parameter_count(net)))
     return RestorationTrainResult(net, history, metadata, elapsed)
