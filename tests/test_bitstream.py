@@ -145,9 +145,9 @@ def test_latent_shape_rejects_non_positive_sizes(height: object, width: object) 
 
 
 def test_bits_per_pixel_counts_every_byte_of_the_frame() -> None:
-    data = pack_frame(frame_header(height=64, width=64), [b"\x00" * 982])
+    data = pack_frame(frame_header(height=32, width=128), [b"\x00" * 982])
     assert len(data) == 34 + 4 + 982 + 4 == 1024  # header, one length, the string, the CRC
-    assert bits_per_pixel(parse_frame(data).size_bytes, 64, 64) == 2.0
+    assert bits_per_pixel(parse_frame(data).size_bytes, 32, 128) == 2.0  # not square: height and width both count
 
 
 @pytest.mark.parametrize(("size", "height", "width"), [(-1, 8, 8), (10, 0, 8), (10, 8, 0)])

@@ -116,6 +116,14 @@ def test_tiny_codec_qualities_rise_in_rate_and_quality(kodak_dir):
     assert rates == sorted(rates) and errors == sorted(errors, reverse=True)
 
 
+def test_bench_train_throughput_is_the_batch_over_the_median_step_after_warm_up():
+    from icmh.cli.commands.bench_train import throughput
+
+    # warm-up 9 s (left out); timed 0.5, 0.25 and 1.0 s: median 0.5 s
+    assert throughput([9.0, 0.5, 0.25, 1.0], batch_size=2) == {"step_s": 0.5, "images_per_s": 4.0}
+    assert throughput([0.1, 2.0], batch_size=8) == {"step_s": 2.0, "images_per_s": 4.0}
+
+
 def test_bench_train_prints_images_per_second(few_training_images, capsys):
     code = main(["bench", "train", "--tasks", "classification", "--codec", "mbt2018-mean-tiny", "--quality", "1",
                  "--crop", "64", "--batch-size", "2", "--steps", "1", "--data", str(few_training_images), "--json"])
@@ -123,6 +131,6 @@ def test_bench_train_prints_images_per_second(few_training_images, capsys):
     assert code == 0
     report = json.loads(out[out.index("{"):])
     task = report["tasks"]["classification"]
-    assert task["images_per_s"] == pytest.approx(2 / task["step_s"]) and task["images_per_s"] > 0
+    assert task["step_s"] > 0 and task["images_per_s"] > 0  # the figures themselves: test below
     # the default classifier of this machine, named with where its weights came from
     assert report["task_models"]["classification"].startswith(default_model_name(Task.CLASSIFICATION) + " (")

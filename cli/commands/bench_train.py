@@ -7,7 +7,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Sequence
 
 import torch
 
@@ -49,6 +49,12 @@ def register(benches: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def throughput(step_seconds: Sequence[float], batch_size: int) -> Dict[str, float]:
+    """Seconds per step (the median of the steps after the :data:`WARMUP_STEPS` warm-up) and images per second."""
+    step = statistics.median(step_seconds[WARMUP_STEPS:])
+    return {"step_s": step, "images_per_s": batch_size / step}
+
+
 def run(args: argparse.Namespace) -> int:
     """Time each task's training steps and print images/s; returns 0."""
     check_device(args.device)
@@ -72,9 +78,7 @@ def run(args: argparse.Namespace) -> int:
             )
             history = train_adapters(config, progress=False)
             labels[task] = history.task_model_label
-            timed: List[float] = history.step_seconds[WARMUP_STEPS:]
-            step = statistics.median(timed)
-            results[task] = {"step_s": step, "images_per_s": args.batch_size / step}
+            results[task] = throughput(history.step_seconds, args.batch_size)
     anchor = results[tasks[0]]["images_per_s"]
     for task in tasks:
         results[task]["relative_to_" + tasks[0]] = results[task]["images_per_s"] / anchor
