@@ -37,6 +37,7 @@ from icmh.results import TaskResult
 from icmh.tasks import RESTORATION_TASKS, Task
 from icmh.codec.loader import bundled_adapter_files, default_codec
 from icmh.codec.weights import load_base_codec
+from icmh.models.encoder_paths import EAGER, check_encoder_path
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, ModelOptions, TaskModel, load_task_model
 
 from icmh.evaluation.coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
@@ -63,7 +64,7 @@ class EvalConfig:
     model: Optional[str] = None  # task model name (None: the task's default)
     models_dir: Optional[Path] = None
     codec: str = field(default_factory=default_codec)
-    qualities: Sequence[int] = (1, 2, 3, 4)
+    qualities: Sequence[int] = ()  # empty: default_qualities(codec)
     methods: Sequence[str] = DEFAULT_METHODS
     jpeg_qualities: Sequence[int] = (5, 10, 20, 40)
     webp_qualities: Sequence[int] = (5, 10, 20, 40)
@@ -77,11 +78,22 @@ class EvalConfig:
     max_side: Optional[int] = None  # R-CNN detectors (None: the paper's 1333)
     max_proposals: Optional[int] = None
     device: str = "cpu"
+    encoder_path: str = EAGER  # how the learned methods' analysis transform runs (icmh.models.encoder_paths)
     random_task_model: bool = False
     random_codec: bool = False
     random_adapters: bool = False
     seed: int = 0  # random weights, and the degradations of the restoration tasks
     head: Optional[str] = None  # method universal: the consumer head decoding for the task (None: the task's own)
+
+    def __post_init__(self) -> None:
+        self.qualities = tuple(self.qualities) or default_qualities(self.codec)
+        check_encoder_path(self.encoder_path)
+
+
+def default_qualities(codec: str) -> Tuple[int, ...]:
+    """The qualities evaluated unless told: every quality the project ships weights for (its own
+    codecs), else the zoo codecs' 1–4."""
+    return tuple(sorted(get_codec(codec).bundled_weights)) or (1, 2, 3, 4)
 
 
 @dataclass
@@ -278,21 +290,23 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
     for quality in config.qualities if learned else ():
         loaded = load_base_codec(config.codec, quality, weights=config.codec_weights,
                                  random_weights=config.random_codec, seed=config.seed)
-        frame_codec = FrameCodec(loaded, device=config.device)
+        frame_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path)
         codec_random = not loaded.pretrained
+        codec_label = loaded.label + ("" if config.encoder_path == EAGER else f", {config.encoder_path} encoder")
         if "base" in learned:
-            yield LearnedCoder(frame_codec, Task.HUMAN, "base", loaded.label, codec_random)
+            yield LearnedCoder(frame_codec, Task.HUMAN, "base", codec_label, codec_random)
         if "adapted" in learned:
             if quality in adapter_files:
                 meta = frame_codec.load_adapters(adapter_files[quality], task)
-                label, random_adapters = f"{loaded.label} + {task.value} adapters ({adapter_files[quality].name})", \
+                label, random_adapters = f"{codec_label} + {task.value} adapters ({adapter_files[quality].name})", \
                     meta.random_weights
             else:
                 frame_codec.add_random_adapters(task, config.seed)
-                label, random_adapters = f"{loaded.label} + RANDOM {task.value} adapters (seed {config.seed})", True
+                label, random_adapters = f"{codec_label} + RANDOM {task.value} adapters (seed {config.seed})", True
             yield LearnedCoder(frame_codec, task, "adapted", label, codec_random or random_adapters)
         if "universal" in learned:
-            yield _universal_coder(config, FrameCodec(loaded, device=config.device), head,
+            yield _universal_coder(config, FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path),
+                                   head,
                                    universal_files.get(quality, []), codec_random)
     for method in (m for m in methods if m in PILLOW_FORMATS):
         for quality in (config.jpeg_qualities if method == "jpeg" else config.webp_qualities):

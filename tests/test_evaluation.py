@@ -287,6 +287,22 @@ def test_eval_detection_on_coco_mini_gives_pycocotools_ap_curves_plot_and_bd_tab
     assert (tmp_path / "eval-detection.png").stat().st_size > 10_000
 
 
+def test_eval_encoder_int8_codes_with_the_int8_analysis_and_says_so(tmp_path, capsys, kodak_dir):
+    """The rate–distortion cost of the int8 edge encoder: its frames decode with the standard decoder,
+    a little larger or worse than eager's, and the coder label names the path."""
+    rows = {}
+    for path in ("eager", "int8"):
+        out = tmp_path / path
+        code, _, err = _eval(out, capsys, "--task", "human", "--data", str(kodak_dir), "--images", "1", *TINY,
+                             "--qualities", "1", "--methods", "base", "--encoder", path)
+        assert code == 0, err
+        rows[path] = json.loads((out / "eval-human.json").read_text())["points"][1]
+    assert "int8 encoder" in rows["int8"]["coder"] and "encoder" not in rows["eager"]["coder"]
+    assert rows["int8"]["bpp"] != rows["eager"]["bpp"]
+    assert abs(rows["int8"]["psnr"] - rows["eager"]["psnr"]) < 0.5  # close: the same codec, 8-bit g_a
+    assert abs(rows["int8"]["bpp"] / rows["eager"]["bpp"] - 1) < 0.05
+
+
 def test_eval_human_psnr_rises_with_jpeg_quality_and_bd_is_computed(tmp_path, capsys, kodak_dir):
     code, out, err = _eval(tmp_path, capsys, "--task", "human", "--data", str(kodak_dir), "--images", "1",
                            *TINY, "--qualities", "1,2,3,4", "--methods", "base,jpeg,webp",

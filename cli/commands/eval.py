@@ -11,6 +11,7 @@ from icmh.cli.common import (add_task_model_options, add_weight_options, model_c
                              warn_random_weights)
 from icmh.codec.loader import check_device, default_codec
 from icmh.errors import InvalidInputError
+from icmh.models.encoder_paths import EAGER, ENCODER_PATHS
 from icmh.models.registry import CODECS
 from icmh.tasks import Task
 
@@ -80,8 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_task_model_options(parser)
     parser.add_argument("--codec", default=default_codec(), choices=sorted(CODECS),
                         help="base codec (default here: %(default)s)")
-    parser.add_argument("--qualities", type=int_list, default=list(defaults.qualities),
-                        help="codec qualities, comma-separated (default: 1,2,3,4)")
+    parser.add_argument("--qualities", type=int_list, default=[],
+                        help="codec qualities, comma-separated (default: every quality the project ships for its own "
+                             "codecs, e.g. 1,2,3,4,5 for mbt2018-mean-small; 1,2,3,4 for the zoo codecs)")
     parser.add_argument("--methods", type=name_list, default=list(defaults.methods),
                         help=f"methods, comma-separated among {','.join(METHODS)} (default: "
                              f"{','.join(defaults.methods)}; universal: one bitstream for every consumer, decoded "
@@ -101,6 +103,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="detector proposals kept after the RPN (default: the model's 1000; fewer is faster)")
     parser.add_argument("--bd-method", default=TABLE_METHOD, choices=BD_METHODS,
                         help="BD interpolation for curves of 4+ points (fewer always use pchip; default: %(default)s, which does not overshoot on saturating accuracy curves; cubic: the classic VCEG-M33 fit)")
+    parser.add_argument("--encoder", default=EAGER, choices=ENCODER_PATHS,
+                        help="how the learned methods' analysis transform runs when encoding: eager (PyTorch), "
+                             "compiled (ONNX Runtime) or int8 (ONNX Runtime, 8-bit); measures the rate–accuracy "
+                             "cost of a faster edge encoder (decoding is the standard decoder; default: eager)")
     add_weight_options(parser, task_models=True)
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder (default: out/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -141,8 +147,8 @@ def _config(args: argparse.Namespace, task: Task) -> EvalConfig:
         methods=args.methods, jpeg_qualities=args.jpeg_qualities, webp_qualities=args.webp_qualities,
         adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
         images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
-        max_proposals=args.max_proposals, device=args.device, random_task_model="task models" in parts,
-        random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, head=args.head,
+        max_proposals=args.max_proposals, device=args.device, encoder_path=args.encoder,
+        random_task_model="task models" in parts, random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, head=args.head,
     )
 
 
