@@ -202,10 +202,13 @@ def format_bd_table(table: Sequence[Dict[str, Any]]) -> str:
     """The BD table as aligned text (``n/a`` with the reason where a pair could not be compared)."""
     if not table:
         return "BD table: no learned codec and anchor to compare"
-    lines = [f"{'method':<10}{'vs':<7}{'metric':<11}{'fit':<7}{'BD-rate':>11}{'BD-metric':>12}  note"]
+    width = {key: max(len(heading), *(len(str(row[key])) for row in table)) + 1
+             for key, heading in (("method", "method"), ("anchor", "vs"), ("metric", "metric"))}
+    lines = [f"{'method':<{width['method']}}{'vs':<{width['anchor']}}{'metric':<{width['metric']}}{'fit':<7}"
+             f"{'BD-rate':>11}{'BD-metric':>12}  note"]
     for row in table:
         rate = "n/a" if math.isnan(row["bd_rate"]) else f"{row['bd_rate']:+.2f} %"
         value = "n/a" if math.isnan(row["bd_metric"]) else f"{row['bd_metric']:+.3f}"
-        lines.append(f"{row['method']:<10}{row['anchor']:<7}{row['metric']:<11}{row['fit']:<7}{rate:>11}{value:>12}"
-                     f"  {row['note']}")
+        lines.append(f"{row['method']:<{width['method']}}{row['anchor']:<{width['anchor']}}"
+                     f"{row['metric']:<{width['metric']}}{row['fit']:<7}{rate:>11}{value:>12}  {row['note']}")
     return "\n".join(lines)
