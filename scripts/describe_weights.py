@@ -64,7 +64,7 @@ ImageNet-100 or sr-bench). Each file records its full recipe, the list of its tr
 its SHA-256 (`tests/test_weights.py` checks that none is an evaluation image).
 
 * `mbt2018-mean-small-*`: the project's default codec (N=96, M=128), `scripts/train_codec_ladder.sh`
-  (`make codec`): quality 2 from scratch, 3 and 1 fine-tuned from 2, 4 from 3.
+  (`make codec`): quality 2 from scratch, 3 and 1 fine-tuned from 2, 4 from 3, 5 from 4.
 * `mbt2018-mean-tiny-*`: the fast test codec (N=64, M=96), `scripts/train_tiny_codec.sh`.
 
 This table is generated from the files' metadata by `scripts/describe_weights.py`.

@@ -2,10 +2,10 @@
 # Train the bundled mbt2018-mean-small codec at every quality (the recipe of shared/weights/).
 #
 #   scripts/train_codec_ladder.sh            # runs (or resumes) every step below, in order
-#   RUNS=runs/codec STEPS_ANCHOR=12000 STEPS_FINETUNE=1500 scripts/train_codec_ladder.sh
+#   RUNS=runs/codec STEPS_ANCHOR=12000 STEPS_FINETUNE=1000 scripts/train_codec_ladder.sh
 #
 # Quality 2 (λ = 0.0067) is trained from scratch; every other quality is fine-tuned from its
-# neighbour towards it (1 and 3 from 2, 4 from 3). Each run keeps
+# neighbour towards it (1 and 3 from 2, 4 from 3, 5 from 4). Each run keeps
 # a resume checkpoint beside its output, so the script can be stopped and started again at any
 # time: finished qualities are skipped, an interrupted one continues where it stopped.
 # Training images only (icmh train-codec refuses evaluation images). Finished files are copied
@@ -14,9 +14,9 @@ set -euo pipefail
 BIN="${VENV:-.venv}/bin"
 RUNS="${RUNS:-runs/codec}"
 STEPS_ANCHOR="${STEPS_ANCHOR:-12000}"
-STEPS_FINETUNE="${STEPS_FINETUNE:-1500}"
+STEPS_FINETUNE="${STEPS_FINETUNE:-1000}"
 COMMON=(--codec mbt2018-mean-small --crop 256 --batch-size 8 --amp "${AMP:-bf16}" --checkpoint-every 250)
-LAMBDA=([1]=0.0018 [2]=0.0067 [3]=0.0250 [4]=0.0483)  # shared/models/registry.py SMALL_LAMBDAS
+LAMBDA=([1]=0.0018 [2]=0.0067 [3]=0.0250 [4]=0.0483 [5]=0.0932)  # shared/models/registry.py SMALL_LAMBDAS
 mkdir -p "$RUNS"
 
 train() {  # quality steps lr [init quality]
@@ -39,3 +39,4 @@ train 2 "$STEPS_ANCHOR" 5e-4
 train 3 "$STEPS_FINETUNE" 1e-4 2
 train 1 "$STEPS_FINETUNE" 1e-4 2
 train 4 "$STEPS_FINETUNE" 1e-4 3
+train 5 "$STEPS_FINETUNE" 1e-4 4

@@ -15,6 +15,7 @@ from icmh.codec.loader import CodecOptions, bundled_adapter_files, open_frame_co
 from icmh.codec.weights import BUNDLED_DIR
 from icmh.evaluation.image_quality import psnr
 from icmh.images import load_image
+from icmh.models.registry import get_codec
 from icmh.tasks import Task
 
 CODEC = "mbt2018-mean-small"
@@ -26,7 +27,7 @@ def photo(kodak_dir):
     return load_image(kodak_dir / "kodim05.png")[:, :192, :256].contiguous()
 
 
-@pytest.mark.parametrize("quality", (1, 2, 3, 4))
+@pytest.mark.parametrize("quality", sorted(get_codec(CODEC).bundled_weights))
 def test_each_quality_loads_with_its_recipe_and_adapters_and_decodes_exactly(quality, photo):
     with safe_open(str(BUNDLED_DIR / f"{CODEC}-{quality}.safetensors"), framework="pt") as handle:
         recipe = handle.metadata()
@@ -42,6 +43,6 @@ def test_each_quality_loads_with_its_recipe_and_adapters_and_decodes_exactly(qua
         decoded = frame_codec.decode([frame.data])[0]
         assert decoded.task == task and torch.equal(decoded.y_hat, frame.y_hat), task
         if task is Task.HUMAN:
-            assert psnr(photo, decoded.image) > 24 + quality  # 27.8–31.6 dB on Kodak at q1–q4
+            assert psnr(photo, decoded.image) > 24 + quality  # 27.8–32.3 dB on Kodak at q1–q5
         else:  # the task's trained adapters made a different bitstream from the base codec's
             assert frame.data != frame_codec.encode([photo], Task.HUMAN)[0].data

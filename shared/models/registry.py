@@ -167,7 +167,7 @@ register_codec(CodecSpec(
 # The project's own default codec where the CompressAI zoo weights are absent: the mbt2018-mean
 # structure at N=96, M=128 (3.5 M parameters, 7 MB as float16), trained by ``icmh train-codec``
 # on training images only (see shared/weights/README.md for each quality's recipe).
-SMALL_LAMBDAS = {1: 0.0018, 2: 0.0067, 3: 0.0250, 4: 0.0483}  # CompressAI's q1, q3, q5, q6: about 0.1–1 bpp
+SMALL_LAMBDAS = {1: 0.0018, 2: 0.0067, 3: 0.0250, 4: 0.0483, 5: 0.0932}  # CompressAI's q1, q3, q5, q6, q7: about 0.1–1 bpp
 
 register_codec(CodecSpec(
     name="mbt2018-mean-small",
