@@ -1,7 +1,7 @@
 """Compare methods of several ``icmh eval`` runs of one task: BD table and one plot.
 
 Each SPEC names a run's ``eval-TASK.json`` and one of its methods, with an optional new label:
-``RUN.json:METHOD[=LABEL]``. Every method listed is compared with every method listed after
+``RUN.json:METHOD[=LABEL]``; specs with the same label make one curve (e.g. one run per quality). Every method listed is compared with every method listed after
 it (BD-rate / BD-metric on each curve's Pareto front, PCHIP as in the results table), so list
 the methods under test first:
 
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for compare-TASK.md and .png")
     args = parser.parse_args()
     result = merged(args.specs)
-    labels = [label for _, _, label in args.specs]
+    labels = list(dict.fromkeys(label for _, _, label in args.specs))  # a label may gather several runs
     pairs = [(test, anchor) for i, test in enumerate(labels) for anchor in labels[i + 1:]]
     table = bd_table(result, pairs=pairs)
     args.out.mkdir(parents=True, exist_ok=True)
