@@ -71,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--camera", type=int, action="append", metavar="INDEX",
                         help="live camera (OpenCV index); repeat for several cameras (--camera 0 --camera 1): "
-                             "they are read side by side and their frames encoded in one batch where sizes match")
+                             "they are read side by side, a frame of each per round (see --batch-cameras)")
     source.add_argument("--video", type=Path, action="append", metavar="FILE",
                         help="video file; repeat for several, read side by side like several cameras")
+    parser.add_argument("--batch-cameras", choices=BATCH_CAMERAS, default="auto",
+                        help="encode the same-size frames of several cameras as one batch: auto = on a GPU only "
+                             "(on a CPU one after the other was faster, see docs/edge.md) (default: auto)")
     source.add_argument("--images", type=Path, metavar="DIR", help="folder of images")
     source.add_argument("--demo", action="store_true", help="built-in moving scene (default; needs nothing)")
     parser.add_argument("--demo-size", type=frame_size, default=None, metavar="WxH",
@@ -173,17 +176,31 @@ def _capture(args: argparse.Namespace) -> Capture:
     return Capture.of([open_source("demo", args.demo_size, args.frames or 16)], ["demo"])
 
 
+BATCH_CAMERAS = ("auto", "on", "off")
+
+
+def batches_cameras(choice: str, frame_codec: FrameCodec) -> bool:
+    """Whether a round of camera frames is encoded as one batch: ``auto`` batches on a GPU only (on a CPU
+    two 640×480 frames took 1.4× longer as one batch than one after the other, ``icmh bench codec``)."""
+    return choice == "on" or (choice == "auto" and frame_codec.device.type == "cuda")
+
+
 def encode_capture(capture: Capture, frame_codec: FrameCodec, task: Optional[Task], metrics: EdgeMetrics,
-             on_encode: Optional[Callable[[float], None]] = None) -> Iterator[EncodedFrame]:
+                   on_encode: Optional[Callable[[float], None]] = None, batch: bool = True) -> Iterator[EncodedFrame]:
     """Encode the captured frames for ``task`` (``None``: universal frames), a round of frames (one
-    per source) in one call: same-size frames form one batch. The next round is captured while one
-    encodes. ``on_encode`` gets each frame's encoding seconds (its share of its round's)."""
+    per source) at a time: with ``batch`` in one call, where same-size frames form one batch, else
+    one frame after the other. The next round is captured while one encodes. ``on_encode`` gets
+    each frame's encoding seconds (its share of its round's)."""
     spec, quality = frame_codec.loaded.spec.name, frame_codec.loaded.quality
     label = task or UNIVERSAL
+
+    def encode(images: List[Tensor]) -> List[EncodedFrame]:
+        return frame_codec.encode(images, task) if task else frame_codec.encode_universal(images)
+
     for round_ in capture.rounds:
         images = [image for _, image in round_]
         started = time.perf_counter()
-        frames = frame_codec.encode(images, task) if task else frame_codec.encode_universal(images)
+        frames = encode(images) if batch else [frame for image in images for frame in encode([image])]
         share = (time.perf_counter() - started) / len(frames)
         for (source, _), encoded in zip(round_, frames):
             metrics.observe_encode(label, share)
@@ -234,7 +251,8 @@ def stream(args: argparse.Namespace, capture: Capture, frame_codec: FrameCodec, 
                              security=security, consumers=[c.value for c in consumers],
                              universal_id=None if task else frame_codec.codec.universal_hash())
     try:
-        stats: StreamStats = asyncio.run(streamer.run(encode_capture(capture, frame_codec, task, metrics, live.add_encode)))
+        stats: StreamStats = asyncio.run(streamer.run(encode_capture(
+            capture, frame_codec, task, metrics, live.add_encode, batches_cameras(args.batch_cameras, frame_codec))))
     finally:
         if output:
             output.close()
@@ -276,7 +294,8 @@ def save(args: argparse.Namespace, capture: Capture, frame_codec: FrameCodec, ta
     source's place on the command line, N: its frame count); returns the exit status."""
     live = LiveLine()
     counts = [0] * len(capture.names)
-    for index, encoded in enumerate(encode_capture(capture, frame_codec, task, metrics)):
+    batch = batches_cameras(args.batch_cameras, frame_codec)
+    for index, encoded in enumerate(encode_capture(capture, frame_codec, task, metrics, batch=batch)):
         source = capture.origins[index]
         folder = args.save_dir / f"source-{source}" if capture.several else args.save_dir
         write_output(folder / f"frame_{counts[source]:06d}.icmh", encoded.data)

@@ -16,7 +16,7 @@ import torch
 from icmh.cloud.cli import main as cloud_main
 from icmh.codec.weights import load_base_codec
 from icmh.codec.frame_codec import FrameCodec
-from icmh.edge.cli import Capture, encode_capture
+from icmh.edge.cli import Capture, batches_cameras, encode_capture
 from icmh.edge.cli import main as edge_main
 from icmh.edge.metrics import EdgeMetrics
 from icmh.edge.prefetch import capture_rounds
@@ -104,25 +104,35 @@ def frame_codec() -> FrameCodec:
     return FrameCodec(load_base_codec("mbt2018-mean-tiny", 1))
 
 
-def test_a_round_encodes_same_size_frames_in_one_batch_and_each_decodes_exactly(frame_codec):
-    """Three cameras, two of one size: one forward pass of batch 2 and one of batch 1; every frame's
-    latent comes back bit-exactly from its own bitstream."""
-    sizes = [(64, 128), (96, 64), (64, 128)]
-    sources = [iter([smooth_image(h, w, seed=10 * k + i) for i in range(2)]) for k, (h, w) in enumerate(sizes)]
+SIZES = [(64, 128), (96, 64), (64, 128)]  # three cameras, two of one size
+
+
+def encode_rounds(frame_codec: FrameCodec, batch: bool) -> tuple:
+    """Two rounds of the three cameras encoded; returns the capture, the frames and the batch sizes of
+    the codec's forward passes (recorded around the real one)."""
+    sources = [iter([smooth_image(h, w, seed=10 * k + i) for i in range(2)]) for k, (h, w) in enumerate(SIZES)]
     capture = Capture.of(sources, ["camera 0", "camera 1", "camera 2"])
     batches = []
     compress = frame_codec._compress
 
-    def recording(batch, task):
-        batches.append(tuple(batch.shape))
-        return compress(batch, task)
+    def recording(images, task):
+        batches.append(images.shape[0])
+        return compress(images, task)
 
     frame_codec._compress = recording
     try:
-        frames = list(encode_capture(capture, frame_codec, Task.HUMAN, EdgeMetrics()))
+        frames = list(encode_capture(capture, frame_codec, Task.HUMAN, EdgeMetrics(), batch=batch))
     finally:
         del frame_codec._compress
-    assert [shape[0] for shape in batches] == [2, 1, 2, 1], batches  # two rounds: (0, 2) together, 1 alone
+    return capture, frames, batches
+
+
+def test_a_round_encodes_same_size_frames_in_one_batch_and_each_decodes_exactly(frame_codec):
+    """With batching, one forward pass of batch 2 and one of batch 1 per round; every frame's
+    latent comes back bit-exactly from its own bitstream."""
+    sizes = SIZES
+    capture, frames, batches = encode_rounds(frame_codec, batch=True)
+    assert batches == [2, 1, 2, 1], batches  # two rounds: (0, 2) together, 1 alone
     assert capture.origins == [0, 1, 2, 0, 1, 2]
     assert [capture.source_of(i) for i in (1, 5)] == ["camera 1", "camera 2"]
     assert [(f.height, f.width) for f in frames] == sizes * 2
@@ -132,6 +142,14 @@ def test_a_round_encodes_same_size_frames_in_one_batch_and_each_decodes_exactly(
     for frame in batched:
         decoded = frame_codec.decode([frame.data])[0]
         assert torch.equal(decoded.y_hat, frame.y_hat)
+
+
+def test_without_batching_each_frame_is_its_own_pass_and_auto_batches_on_a_gpu_only(frame_codec):
+    capture, frames, batches = encode_rounds(frame_codec, batch=False)
+    assert batches == [1] * 6 and capture.origins == [0, 1, 2, 0, 1, 2]
+    assert [(f.height, f.width) for f in frames] == SIZES * 2
+    assert not batches_cameras("auto", frame_codec)  # this codec runs on the CPU
+    assert batches_cameras("on", frame_codec) and not batches_cameras("off", frame_codec)
 
 
 # --- the command ----------------------------------------------------------------------------------
