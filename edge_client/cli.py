@@ -51,6 +51,7 @@ def frame_size(text: str) -> tuple:
     return height, width
 
 
+BATCH_CAMERAS = ("auto", "on", "off")  # --batch-cameras: see batches_cameras
 SERVER_ENV = "ICMH_SERVER"
 DEFAULT_SERVER = "localhost:50051"
 
@@ -174,9 +175,6 @@ def _capture(args: argparse.Namespace) -> Capture:
     if args.images is not None:
         return Capture.of([open_source("images", args.images, args.frames)], [f"images {args.images.name}"])
     return Capture.of([open_source("demo", args.demo_size, args.frames or 16)], ["demo"])
-
-
-BATCH_CAMERAS = ("auto", "on", "off")
 
 
 def batches_cameras(choice: str, frame_codec: FrameCodec) -> bool:

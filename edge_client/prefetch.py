@@ -6,7 +6,7 @@ work, so the three stages overlap.
 
 Several sources (``edge-client --camera 0 --camera 1``) are read side by side, each by its own
 capture thread, and handed on in rounds (:func:`capture_rounds`): one frame of every source
-that still has one, so that the encoder codes a round in one batched call where sizes match."""
+that still has one, which the encoder codes together (one batch where sizes match, on a GPU)."""
 
 from __future__ import annotations
 

@@ -305,9 +305,8 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
                 label, random_adapters = f"{codec_label} + RANDOM {task.value} adapters (seed {config.seed})", True
             yield LearnedCoder(frame_codec, task, "adapted", label, codec_random or random_adapters)
         if "universal" in learned:
-            yield _universal_coder(config, FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path),
-                                   head,
-                                   universal_files.get(quality, []), codec_random)
+            universal_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path)
+            yield _universal_coder(config, universal_codec, head, universal_files.get(quality, []), codec_random)
     for method in (m for m in methods if m in PILLOW_FORMATS):
         for quality in (config.jpeg_qualities if method == "jpeg" else config.webp_qualities):
             yield PillowCoder(method, quality)

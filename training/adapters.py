@@ -48,7 +48,7 @@ from icmh.models.registry import get_codec
 from icmh.seeding import seeded
 from icmh.taskmodels import ModelOptions, default_model_name, load_task_model
 from icmh.tasks import Task
-from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite, set_learning_rate
 from icmh.training.data import RandomCrops
 from icmh.training.pairs import check_crop, coding_pair, pair_distortion
 from icmh.training.rd import AMP_DTYPES
@@ -313,14 +313,13 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
     history.task_model_label = objective.label
     run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, objective.groups, {"adam": optimizer},
                       config.csv_fields, OPTION_KEYS)
-    history.extend(run.history)
     history.start_step = run.start
     what = f"universal heads {','.join(config.heads)}" if config.heads else f"{config.task} adapters"
     device = torch.device(config.device)
     for step in run.steps(f"train {what} {config.codec} q{config.quality}", progress):
         began = time.perf_counter()
         lr = learning_rate(config, step)
-        run.set_lr(lr, optimizer)
+        set_learning_rate(optimizer, lr)
         x, target = coding_pair(config.task, dataset.batch(step, config.batch_size), config.seed * 1_000_003 + step)
         x = x.to(device)  # restoration tasks: the degraded crop, scored against the clean ``target``
         torch.manual_seed(config.seed * 1_000_003 + step)
@@ -342,8 +341,8 @@ def train_adapters(config: AdapterTrainConfig, progress: bool = True) -> TrainHi
             record.update({f"distortion_{consumer.value}": d.item() for consumer, d in dists.items()})
         else:
             record["distortion"] = dists[Task(config.task)].item()
-        history.append(record)
         run.record(record, loss=f"{value:.4f}", bpp=f"{record['bpp']:.4f}", distortion=f"{record['distortion']:.4f}")
+    history.extend(run.history)
     codec.eval()
     provenance = dict(training_data="\n".join(relative_names(files)), steps=config.steps,
                       random_weights=config.random_task_model or config.random_codec)

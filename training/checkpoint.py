@@ -100,7 +100,6 @@ def check_same_settings(saved: Mapping[str, object], current: Mapping[str, objec
                                     f"this run {current.get(key)!r}")
 
 
-
 class RunFiles:
     """For the config dataclass of a resumable run with an ``out`` path: the files kept beside ``out``
     (never inside it: an adapter folder is loaded whole by ``--adapters``) and the settings as plain
@@ -119,6 +118,7 @@ class RunFiles:
     def settings(self) -> Dict[str, object]:
         """The settings as plain JSON values (paths as text)."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}  # type: ignore[call-overload]
+
 
 class StepLog:
     """The per-step CSV log of a run (``<out>.csv``): one row per step, kept consistent on resume.
@@ -215,17 +215,18 @@ class TrainingRun:
         if self.start < total:
             self.save(total)
 
-    def set_lr(self, lr: float, optimizer: torch.optim.Optimizer) -> None:
-        """Set the learning rate of every parameter group of ``optimizer``."""
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
     def record(self, row: Dict[str, float], **shown: str) -> None:
         """Keep one step's record (history and CSV) and show ``shown`` beside the progress bar."""
         self.history.append(row)
         self.log.append(row)
         if self.bar is not None:
             self.bar.set_postfix(**shown)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def check_finite(loss: Tensor, step: int, advice: str = "lower --lr") -> float:

@@ -37,7 +37,7 @@ from icmh.models.registry import get_codec
 from icmh.codec.weights import load_codec_state, save_codec_weights
 from icmh.hub import read_state_dict
 
-from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite, set_learning_rate
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-codec-training/1"
@@ -80,7 +80,6 @@ class RDTrainConfig(RunFiles):
         get_codec(self.codec).check_quality(self.quality)
 
 
-
 def learning_rate(config: RDTrainConfig, step: int) -> float:
     """Learning rate of (1-based) ``step``: ``lr``, then ``lr/10`` after ``lr_drop·steps``."""
     return config.lr * (0.1 if step > int(config.lr_drop * config.steps) else 1.0)
@@ -119,11 +118,10 @@ def train_base_codec(config: RDTrainConfig, progress: bool = True) -> RDTrainRes
 
     run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, {"model": model},
                       {"main": optimizer, "aux": aux_optimizer}, CSV_FIELDS)
-    elapsed = sum(r["seconds"] for r in run.history)
     for step in run.steps(f"train-codec {config.codec} q{config.quality}", progress):
         began = time.perf_counter()
         lr = learning_rate(config, step)
-        run.set_lr(lr, optimizer)
+        set_learning_rate(optimizer, lr)
         x = dataset.batch(step, config.batch_size).contiguous(memory_format=torch.channels_last)
         torch.manual_seed(config.seed * 1_000_003 + step)
         optimizer.zero_grad(set_to_none=True)
@@ -140,9 +138,9 @@ def train_base_codec(config: RDTrainConfig, progress: bool = True) -> RDTrainRes
         mse = out["mse_loss"].item()
         record = {"step": step, "loss": loss, "bpp": out["bpp_loss"].item(), "mse": mse,
                   "psnr": -10 * math.log10(max(mse, 1e-10)), "aux": aux_loss.item(), "lr": lr, "seconds": seconds}
-        elapsed += seconds
         run.record(record, loss=f"{loss:.3f}", bpp=f"{record['bpp']:.3f}", psnr=f"{record['psnr']:.2f}")
     history = run.history
+    elapsed = sum(r["seconds"] for r in history)
 
     model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():

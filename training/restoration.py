@@ -35,7 +35,7 @@ from icmh.restoration import (NetworkConfig, RestorationNet, build_network, bund
                               degradation_parameters, degrade, parameter_count, restoration_target, save_network)
 from icmh.tasks import RESTORATION_TASKS, Task
 from icmh.training.adapters import SCHEDULES, learning_rate
-from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite
+from icmh.training.checkpoint import RunFiles, TrainingRun, check_finite, set_learning_rate
 from icmh.training.data import RandomCrops
 
 CHECKPOINT_FORMAT = "icmh-restoration-training/1"
@@ -93,7 +93,6 @@ class RestorationTrainConfig(RunFiles):
         return NetworkConfig.for_task(Task(self.task), self.channels, self.blocks)
 
 
-
 @dataclass
 class RestorationTrainResult:
     """A trained network, its per-step records and the metadata written with it."""
@@ -126,11 +125,10 @@ def train_restoration(config: RestorationTrainConfig, progress: bool = True) -> 
     criterion = LOSSES[config.loss]
 
     run = TrainingRun(config, CHECKPOINT_FORMAT, RESUME_KEYS, {"net": net}, {"adam": optimizer}, CSV_FIELDS)
-    elapsed = sum(r["seconds"] for r in run.history)
     for step in run.steps(f"train-restoration {task.value}", progress):
         began = time.perf_counter()
         lr = learning_rate(config, step)
-        run.set_lr(lr, optimizer)
+        set_learning_rate(optimizer, lr)
         clean = dataset.batch(step, config.batch_size)
         degraded = degrade(task, clean, seed=config.seed * 1_000_003 + step).to(device)
         target = restoration_target(task, clean).to(device)
@@ -143,9 +141,9 @@ def train_restoration(config: RestorationTrainConfig, progress: bool = True) -> 
         seconds = time.perf_counter() - began
         record = {"step": step, "loss": value, "psnr": psnr_of(restored, target),
                   "psnr_input": psnr_of(net.skip(degraded), target), "lr": lr, "seconds": seconds}
-        elapsed += seconds
         run.record(record, loss=f"{value:.4f}", psnr=f"{record['psnr']:.2f}", input=f"{record['psnr_input']:.2f}")
     history = run.history
+    elapsed = sum(r["seconds"] for r in history)
     net = net.eval().cpu()
     metadata = save_network(net, config.out, task, recipe(config, names, history, elapsed, parameter_count(net)))
     return RestorationTrainResult(net, history, metadata, elapsed)

@@ -148,7 +148,8 @@ def _config(args: argparse.Namespace, task: Task) -> EvalConfig:
         adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
         images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
         max_proposals=args.max_proposals, device=args.device, encoder_path=args.encoder,
-        random_task_model="task models" in parts, random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, head=args.head,
+        random_task_model="task models" in parts, random_codec="codec" in parts,
+        random_adapters="adapters" in parts, seed=args.seed, head=args.head,
     )
 
 
