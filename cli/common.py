@@ -57,9 +57,18 @@ def add_codec_options(parser: argparse.ArgumentParser, *, task_models: bool = Fa
     if encoder:
         parser.add_argument("--encoder", default=EAGER, choices=ENCODER_PATHS,
                             help="how the analysis transform runs when encoding: eager (PyTorch), compiled (ONNX "
-                                 "Runtime, float32) or int8 (ONNX Runtime, 8-bit, ~0.6 %% larger frames at equal "
-                                 "quality); every frame decodes exactly whatever the encoder (default: eager)")
+                                 "Runtime, float32) or int8 (ONNX Runtime, 8-bit, a little larger frames at equal "
+                                 "quality: see docs/edge.md); every frame decodes exactly whatever the encoder (default: eager)")
+        add_calibration_option(parser)
     add_weight_options(parser, task_models=task_models)
+
+
+def add_calibration_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--calibration`` (the int8 encoder's calibration images)."""
+    parser.add_argument("--calibration", metavar="SET|DIR",
+                        help="int8 encoder: calibrate on centre crops of the first 8 images of this training set "
+                             "or folder; evaluation images are refused (default: the bsds500-train photos of "
+                             "$ICMH_DATA_DIR where present, else synthetic dead-leaves images, no data needed)")
 
 
 def random_parts(args: argparse.Namespace) -> List[str]:
@@ -77,6 +86,7 @@ def codec_options(args: argparse.Namespace, codec: Optional[str] = None, quality
         codec=codec or args.codec, quality=quality or args.quality, codec_weights=args.codec_weights,
         random_codec="codec" in parts, random_adapters="adapters" in parts, seed=args.seed, device=args.device,
         adapters=adapter_files(getattr(args, "adapters", [])), encoder_path=getattr(args, "encoder", EAGER),
+        calibration=getattr(args, "calibration", None),
     )
 
 

@@ -35,9 +35,9 @@ from icmh.images import load_image
 from icmh.models.registry import get_codec
 from icmh.results import TaskResult
 from icmh.tasks import RESTORATION_TASKS, Task
-from icmh.codec.loader import bundled_adapter_files, default_codec
+from icmh.codec.loader import bundled_adapter_files, calibration_images, calibration_source, default_codec
 from icmh.codec.weights import load_base_codec
-from icmh.models.encoder_paths import EAGER, check_encoder_path
+from icmh.models.encoder_paths import EAGER, INT8, check_encoder_path
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, ModelOptions, TaskModel, load_task_model
 
 from icmh.evaluation.coders import PILLOW_FORMATS, ImageCoder, LearnedCoder, PillowCoder
@@ -79,6 +79,7 @@ class EvalConfig:
     max_proposals: Optional[int] = None
     device: str = "cpu"
     encoder_path: str = EAGER  # how the learned methods' analysis transform runs (icmh.models.encoder_paths)
+    calibration: Optional[str] = None  # int8 encoder: training set or folder to calibrate on (None: the default)
     random_task_model: bool = False
     random_codec: bool = False
     random_adapters: bool = False
@@ -282,17 +283,28 @@ def _row(method: str, quality: int, bpp: float, count: int, metrics: Dict[str, f
             "random_weights": random_weights}
 
 
+def _encoder_label(config: EvalConfig) -> str:
+    """What the codec label adds for a path other than eager: the path and, for int8, its calibration."""
+    if config.encoder_path == EAGER:
+        return ""
+    source = calibration_source(config.encoder_path, config.calibration)
+    calibrated = f", calibrated on {source or 'synthetic images'}" if config.encoder_path == INT8 else ""
+    return f", {config.encoder_path} encoder{calibrated}"
+
+
 def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[ImageCoder]:
     learned = [m for m in methods if m in ("base", "adapted", "universal")]
     adapter_files = _adapter_files_by_quality(config, task) if "adapted" in learned else {}
     head = Task.parse(config.head) if config.head else task
     universal_files = _universal_files_by_quality(config, head) if "universal" in learned else {}
+    calibration = calibration_images(config.encoder_path, config.calibration)
     for quality in config.qualities if learned else ():
         loaded = load_base_codec(config.codec, quality, weights=config.codec_weights,
                                  random_weights=config.random_codec, seed=config.seed)
-        frame_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path)
+        frame_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path,
+                                 calibration=calibration)
         codec_random = not loaded.pretrained
-        codec_label = loaded.label + ("" if config.encoder_path == EAGER else f", {config.encoder_path} encoder")
+        codec_label = loaded.label + _encoder_label(config)
         if "base" in learned:
             yield LearnedCoder(frame_codec, Task.HUMAN, "base", codec_label, codec_random)
         if "adapted" in learned:
@@ -305,7 +317,8 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
                 label, random_adapters = f"{codec_label} + RANDOM {task.value} adapters (seed {config.seed})", True
             yield LearnedCoder(frame_codec, task, "adapted", label, codec_random or random_adapters)
         if "universal" in learned:
-            universal_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path)
+            universal_codec = FrameCodec(loaded, device=config.device, encoder_path=config.encoder_path,
+                                         calibration=calibration)
             yield _universal_coder(config, universal_codec, head, universal_files.get(quality, []), codec_random)
     for method in (m for m in methods if m in PILLOW_FORMATS):
         for quality in (config.jpeg_qualities if method == "jpeg" else config.webp_qualities):

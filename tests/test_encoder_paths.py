@@ -22,11 +22,13 @@ from icmh.cli.common import add_codec_options, codec_options
 from icmh.codec.frame_codec import FrameCodec
 from icmh.codec.weights import load_base_codec
 from icmh.errors import InvalidInputError
-from icmh.images import save_image
+from icmh.images import load_image, save_image
 from icmh.models.adapted import AdaptedCodec, AdapterConfig
 from icmh.models.adapters import build_adapter
 from icmh.models.complexity import measure
-from icmh.models.encoder_paths import ENCODER_PATHS, build_analysis, synthetic_images
+from icmh.codec.loader import calibration_images, calibration_source
+from icmh.models.encoder_paths import (ENCODER_PATHS, build_analysis, calibration_crops, output_convolutions,
+                                      synthetic_images)
 from icmh.models.registry import get_codec
 from icmh.tasks import Task
 
@@ -244,12 +246,67 @@ def test_int8_path_without_calibration_images_is_refused():
         build_analysis("int8", codec.g_a, None, calibration=[])
 
 
+def test_int8_keeps_the_convolutions_that_leave_a_segment_in_float(encoders):
+    import onnx
+    analysis = encoders["int8"].analysis(Task.DETECTION)
+    assert len(analysis.segments) > 1  # adapters: the FFT steps split g_a into segments
+    for segment in analysis.segments:
+        graph = onnx.load_from_string(segment.model).graph
+        producers = {out: node for node in graph.node for out in node.output}
+        kept = output_convolutions(segment.model)
+        assert kept, "every segment ends in a convolution"
+        for name in kept:  # its weights are plain float initialisers, not dequantised int8
+            node = next(node for node in graph.node if node.name == name)
+            assert node.input[1] not in producers, name
+        quantised = [node for node in graph.node if node.op_type == "Conv" and node.name not in kept]
+        assert all(producers[node.input[1]].op_type == "DequantizeLinear" for node in quantised)
+    assert any(node.op_type == "Conv" and node.name not in output_convolutions(segment.model)
+               for segment in analysis.segments for node in onnx.load_from_string(segment.model).graph.node)
+
+
+def test_int8_quantisation_prints_nothing(capsys):
+    codec = load_base_codec(*TINY).model
+    build_analysis("int8", codec.g_a, None, calibration=synthetic_images(count=1, size=64))
+    out, _ = capsys.readouterr()
+    assert out == ""  # ORT's percentile calibrator prints its histograms: kept off the CLI's output
+
+
+def test_calibration_crops_are_centred_multiples_of_64(tmp_path):
+    image = smooth_image(200, 300, 1)
+    save_image(image, tmp_path / "a.png")
+    save_image(smooth_image(40, 300, 2), tmp_path / "small.png")
+    crops = calibration_crops([tmp_path / "a.png"], size=256)
+    assert [tuple(crop.shape) for crop in crops] == [(1, 3, 192, 256)]
+    stored = load_image(tmp_path / "a.png")
+    assert torch.equal(crops[0][0], stored[:, 4:196, 22:278])
+    with pytest.raises(InvalidInputError, match="smaller than 64"):
+        calibration_crops([tmp_path / "small.png"])
+
+
+def test_int8_calibration_comes_from_training_images_only(tmp_path, monkeypatch):
+    save_image(smooth_image(128, 128, 3), tmp_path / "photo.png")
+    crops = calibration_images("int8", str(tmp_path))
+    assert len(crops) == 1 and crops[0].shape == (1, 3, 128, 128)
+    assert calibration_images("compiled", str(tmp_path)) == []  # only the int8 path calibrates
+    with pytest.raises(InvalidInputError, match="evaluation set"):
+        calibration_images("int8", "kodak")
+    monkeypatch.setenv("ICMH_DATA_DIR", str(tmp_path / "no-data"))  # no training photos: the synthetic images
+    assert calibration_source("int8", None) is None and calibration_images("int8", None) == []
+    data = tmp_path / "data"
+    save_image(smooth_image(64, 64, 4), data / "bsds500-train" / "a.png")
+    monkeypatch.setenv("ICMH_DATA_DIR", str(data))  # training photos present: they are the default
+    assert calibration_source("int8", None) == "bsds500-train"
+    assert [crop.shape for crop in calibration_images("int8", None)] == [(1, 3, 64, 64)]
+
+
 def test_encoder_flag_reaches_the_codec_options():
     import argparse
     parser = argparse.ArgumentParser()
     add_codec_options(parser)
     assert codec_options(parser.parse_args(["--encoder", "int8"])).encoder_path == "int8"
     assert codec_options(parser.parse_args([])).encoder_path == "eager"
+    assert codec_options(parser.parse_args(["--calibration", "bsds500-train"])).calibration == "bsds500-train"
+    assert codec_options(parser.parse_args([])).calibration is None
     with pytest.raises(SystemExit):
         parser.parse_args(["--encoder", "fast"])
 

@@ -29,14 +29,14 @@ from icmh.cli.main import main
 from icmh.codec.adapter_checkpoint import save_adapters
 from icmh.errors import InvalidInputError
 from icmh.codec.frame_codec import FrameCodec
-from icmh.images import load_image
+from icmh.images import load_image, save_image
 from icmh.results import Box, Detection, TaskResult
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec
 from icmh.taskmodels import EVAL_SCORE_THRESHOLD, TASK_MODELS, ModelOptions, load_task_model
 from icmh.taskmodels.torchvision_models import resize_short_side
 
-from support import coco_results, cocoeval_ap
+from support import coco_results, cocoeval_ap, smooth_image
 
 TINY = ["--codec", "mbt2018-mean-tiny"]
 BANNER = "RANDOM WEIGHTS"
@@ -290,15 +290,24 @@ def test_eval_detection_on_coco_mini_gives_pycocotools_ap_curves_plot_and_bd_tab
 def test_eval_encoder_int8_codes_with_the_int8_analysis_and_says_so(tmp_path, capsys, kodak_dir):
     """The rate–distortion cost of the int8 edge encoder: its frames decode with the standard decoder,
     a little larger or worse than eager's, and the coder label names the path."""
+    photos = tmp_path / "photos"
+    save_image(smooth_image(192, 256, 5), photos / "train.png")
     rows = {}
-    for path in ("eager", "int8"):
-        out = tmp_path / path
+    for label, options in (("eager", ["--encoder", "eager"]), ("int8", ["--encoder", "int8"]),
+                           ("int8-photos", ["--encoder", "int8", "--calibration", str(photos)])):
+        out = tmp_path / label
         code, _, err = _eval(out, capsys, "--task", "human", "--data", str(kodak_dir), "--images", "1", *TINY,
-                             "--qualities", "1", "--methods", "base", "--encoder", path)
+                             "--qualities", "1", "--methods", "base", *options)
         assert code == 0, err
-        rows[path] = json.loads((out / "eval-human.json").read_text())["points"][1]
-    assert "int8 encoder" in rows["int8"]["coder"] and "encoder" not in rows["eager"]["coder"]
+        rows[label] = json.loads((out / "eval-human.json").read_text())["points"][1]
+    assert "int8 encoder, calibrated on " in rows["int8"]["coder"]  # bsds500-train where present, else synthetic
+    assert f"int8 encoder, calibrated on {photos}" in rows["int8-photos"]["coder"]
+    assert "encoder" not in rows["eager"]["coder"]
     assert rows["int8"]["bpp"] != rows["eager"]["bpp"]
+    assert rows["int8-photos"]["bpp"] != rows["int8"]["bpp"]  # other calibration ranges, other latents
+    code, _, err = _eval(tmp_path / "refused", capsys, "--task", "human", "--data", str(kodak_dir), *TINY,
+                         "--encoder", "int8", "--calibration", "kodak")
+    assert code != 0 and "evaluation set" in err and "Traceback" not in err
     assert abs(rows["int8"]["psnr"] - rows["eager"]["psnr"]) < 0.5  # close: the same codec, 8-bit g_a
     assert abs(rows["int8"]["bpp"] / rows["eager"]["bpp"] - 1) < 0.05
 

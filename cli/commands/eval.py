@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import List
 
-from icmh.cli.common import (add_task_model_options, add_weight_options, model_choices, positive_int, random_parts,
-                             warn_random_weights)
+from icmh.cli.common import (add_calibration_option, add_task_model_options, add_weight_options, model_choices,
+                             positive_int, random_parts, warn_random_weights)
 from icmh.codec.loader import check_device, default_codec
 from icmh.errors import InvalidInputError
 from icmh.models.encoder_paths import EAGER, ENCODER_PATHS
@@ -107,6 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how the learned methods' analysis transform runs when encoding: eager (PyTorch), "
                              "compiled (ONNX Runtime) or int8 (ONNX Runtime, 8-bit); measures the rate–accuracy "
                              "cost of a faster edge encoder (decoding is the standard decoder; default: eager)")
+    add_calibration_option(parser)
     add_weight_options(parser, task_models=True)
     parser.add_argument("--out", type=Path, default=Path("out/eval"), help="output folder (default: out/eval)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,6 +149,7 @@ def _config(args: argparse.Namespace, task: Task) -> EvalConfig:
         adapters=args.adapters, codec_weights=args.codec_weights, annotations=args.annotations, labels=args.labels,
         images=args.images, reference=args.reference, short_side=args.short_side, max_side=args.max_side,
         max_proposals=args.max_proposals, device=args.device, encoder_path=args.encoder,
+        calibration=args.calibration,
         random_task_model="task models" in parts, random_codec="codec" in parts,
         random_adapters="adapters" in parts, seed=args.seed, head=args.head,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import torch
+from torch import Tensor
 
 from icmh.codec.bitstream import DEFAULT_LIMITS, Limits
 from icmh.errors import AdapterMismatchError, InvalidInputError
@@ -14,10 +15,13 @@ from icmh.codec.frame_codec import FrameCodec
 from icmh.tasks import Task
 from icmh.codec.weights import load_base_codec, zoo_url
 from icmh.hub import cached_path
-from icmh.models.encoder_paths import EAGER
+from icmh.paths import default_data_dir
+from icmh.data_splits import training_images
+from icmh.models.encoder_paths import EAGER, INT8, calibration_crops
 from icmh.models.registry import get_codec
 
 ZOO_CODEC = "mbt2018-mean"  # the paper's base codec, where its CompressAI zoo weights are cached
+DEFAULT_CALIBRATION = "bsds500-train"  # int8 calibration photos, where the data folder has them
 OWN_CODEC = "mbt2018-mean-small"  # the project's own trained codec (bundled weights)
 
 
@@ -43,6 +47,7 @@ class CodecOptions:
     limits: Limits = DEFAULT_LIMITS
     bundled_adapters: bool = True  # without ``adapters``: the trained adapters shipped for this codec and quality
     encoder_path: str = EAGER  # how g_a runs when encoding: eager, compiled or int8 (icmh.models.encoder_paths)
+    calibration: Optional[str] = None  # int8: training-set name or folder to calibrate on (None: calibration_source)
 
 
 BUNDLED_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"  # icmh/adapters
@@ -64,6 +69,25 @@ def check_device(device: str) -> str:
     return device
 
 
+def calibration_source(encoder_path: str, requested: Optional[str]) -> Optional[str]:
+    """What the int8 encoder calibrates on: ``requested`` (a training-set name or folder), else
+    :data:`DEFAULT_CALIBRATION` where the data folder has it, else ``None`` (the synthetic images);
+    ``None`` for another path."""
+    if encoder_path != INT8:
+        return None
+    if requested:
+        return requested
+    return DEFAULT_CALIBRATION if (default_data_dir() / DEFAULT_CALIBRATION).is_dir() else None
+
+
+def calibration_images(encoder_path: str, requested: Optional[str]) -> List[Tensor]:
+    """The int8 encoder's calibration crops (:func:`calibration_source`; evaluation images are
+    refused); empty for another path or without a source (:class:`FrameCodec` then uses the
+    data-free synthetic images)."""
+    source = calibration_source(encoder_path, requested)
+    return calibration_crops(training_images([source])) if source else []
+
+
 def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> FrameCodec:
     """Load the base codec, its adapter files, and make sure every task in ``tasks`` is served.
 
@@ -79,7 +103,8 @@ def open_frame_codec(options: CodecOptions, tasks: Sequence[Task] = ()) -> Frame
         random_weights=options.random_codec, seed=options.seed,
     )
     frame_codec = FrameCodec(loaded, device=check_device(options.device), limits=options.limits,
-                             encoder_path=options.encoder_path)
+                             encoder_path=options.encoder_path,
+                             calibration=calibration_images(options.encoder_path, options.calibration))
     for path in options.adapters:
         frame_codec.load_adapters(path)
     if not options.adapters and options.bundled_adapters and not options.random_codec and options.codec_weights is None:
