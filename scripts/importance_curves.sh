@@ -7,6 +7,8 @@
 #   scripts/importance_curves.sh                   # every task with importance adapters
 #   TASKS=segmentation scripts/importance_curves.sh
 set -euo pipefail
+# shellcheck source=scripts/adapter_files.sh
+source "$(dirname "$0")/adapter_files.sh"
 BIN="${VENV:-.venv}/bin"
 RUNS="${RUNS:-runs/importance}"
 RESULTS="${RESULTS:-out/results}"
@@ -15,15 +17,11 @@ DATA_DIR="${ICMH_DATA_DIR:-../shared/data}"
 TASKS="${TASKS:-detection segmentation classification}"
 for task in $TASKS; do
     case "$task" in classification) data="$DATA_DIR/imagenet-100" ;; *) data="$DATA_DIR/coco-mini" ;; esac
-    adapters=() qualities=()
-    for quality in 1 2 3 4 5; do
-        file="$RUNS/mbt2018-mean-small-q$quality-$task-importance.safetensors"
-        if [ -f "$file" ]; then adapters+=(--adapters "$file"); qualities+=("$quality"); fi
-    done
-    if [ ${#qualities[@]} -eq 0 ]; then echo "$task: no importance adapters in $RUNS (train them first)"; continue; fi
-    echo "== $task: qualities ${qualities[*]} ($(date -u +%H:%M))"
+    adapter_files "$RUNS/mbt2018-mean-small-qQ-$task-importance.safetensors"
+    if [ -z "$qualities" ]; then echo "$task: no importance adapters in $RUNS (train them first)"; continue; fi
+    echo "== $task: qualities $qualities ($(date -u +%H:%M))"
     "$BIN/icmh" eval --task "$task" --data "$data" --codec mbt2018-mean-small --methods adapted \
-        --qualities "$(IFS=,; echo "${qualities[*]}")" "${adapters[@]}" --out "$OUT/$task" --no-progress
+        --qualities "$qualities" "${adapters[@]}" --out "$OUT/$task" --no-progress
     suite="$RESULTS/$task/eval-$task.json"
     "$BIN/python" scripts/compare_methods.py "$OUT/$task/eval-$task.json:adapted=importance" \
         "$suite:adapted=sfma" "$suite:base" "$suite:jpeg" "$suite:webp" --out "$OUT"
