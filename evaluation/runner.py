@@ -297,7 +297,7 @@ def _coders(config: EvalConfig, task: Task, methods: Sequence[str]) -> Iterator[
     adapter_files = _adapter_files_by_quality(config, task) if "adapted" in learned else {}
     head = Task.parse(config.head) if config.head else task
     universal_files = _universal_files_by_quality(config, head) if "universal" in learned else {}
-    calibration = calibration_images(config.encoder_path, config.calibration)
+    calibration = calibration_images(config.encoder_path, config.calibration) if learned else []
     for quality in config.qualities if learned else ():
         loaded = load_base_codec(config.codec, quality, weights=config.codec_weights,
                                  random_weights=config.random_codec, seed=config.seed)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from icmh.errors import InvalidInputError
 from icmh.extras import optional_import
-from icmh.images import load_image
+from icmh.images import BLOCK, load_image
 from icmh.models.adapters import Adapter
 
 EAGER, COMPILED, INT8 = "eager", "compiled", "int8"
@@ -418,16 +418,17 @@ def synthetic_images(count: int = 8, size: int = 256, seed: int = 0) -> List[Ten
 
 
 def calibration_crops(files: Sequence[Path], count: int = 8, size: int = 256) -> List[Tensor]:
-    """Centre crops (1×3×size×size, or the largest multiple of 64 that fits) of the first ``count`` of ``files``.
+    """Centre crops (1×3×size×size, or the largest multiple of :data:`~icmh.images.BLOCK` (64) that fits)
+    of the first ``count`` of ``files``.
 
     Raises :class:`InvalidInputError` for an unreadable image or one smaller than 64×64.
     """
     crops = []
     for path in list(files)[:count]:
         image = load_image(path)
-        height, width = (min(size, side) // 64 * 64 for side in image.shape[-2:])
+        height, width = (min(size, side) // BLOCK * BLOCK for side in image.shape[-2:])
         if not height or not width:
-            raise InvalidInputError(f"calibration image {path} is smaller than 64×64")
+            raise InvalidInputError(f"calibration image {path} is smaller than {BLOCK}×{BLOCK}")
         top, left = (image.shape[-2] - height) // 2, (image.shape[-1] - width) // 2
         crops.append(image[None, :, top:top + height, left:left + width].contiguous())
     return crops
