@@ -21,7 +21,7 @@ demo: venv
 	VENV=$(VENV) DEMO_OUT=$(DEMO_OUT) scripts/demo.sh
 
 test: venv
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15  # two workers, one test file each at a time
 
 bench: venv
 	$(VENV)/bin/icmh bench codec --codec mbt2018-mean-tiny --quality 1 --random-weights

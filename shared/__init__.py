@@ -7,9 +7,16 @@ together (:mod:`icmh.codec.frame_codec`). Nothing here imports ``edge_client`` o
 ``cloud_server``.
 """
 
+import os
 import warnings
 
 __version__ = "0.1.0"
+
+# Large CPU tensors on transparent huge pages (PyTorch's THP_MEM_ALLOC_ENABLE, read on the first
+# large allocation): every fresh activation of a codec transform otherwise costs one page fault
+# per 4 KiB (tens of thousands per adapter at H/2), a third of the adapters' time on a CPU. It
+# changes where memory comes from, never what is computed. THP_MEM_ALLOC_ENABLE=0 turns it off.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 # compressai (1.2.x) calls torch.jit.script at import time, which torch >= 2.10 warns about
 # on every start; the warning says nothing about this project and would clutter every CLI.

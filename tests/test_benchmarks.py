@@ -49,3 +49,8 @@ def test_bench_codec_reports_every_path_ratios_and_the_camera_batch(capsys):
     assert abs(cameras["speedup"] - cameras["one_by_one_ms"] / cameras["batched_ms"]) < 1e-9
     macs = report["encoder_macs_per_pixel"]
     assert macs["base"] > 0 and macs["adapters"] > 0
+    # the floor: the encoder adapters' MACs at the fastest measured matmul rate, on top of the base path
+    width, height = map(int, report["size"].split("x"))
+    floor_ms = macs["adapters"] * width * height / max(report["matmul_gmac_per_s"].values()) / 1e6
+    assert abs(ratios["adapters_floor_encode"] - (1 + floor_ms / times["eager/human"]["encode_ms"])) < 1e-9
+    assert 1 < ratios["adapters_floor_decode"]

@@ -241,6 +241,9 @@ def build_report(args, coders: Coders, images, rates, codec_times, analysis, fps
     g_a = {row: {"ms": ms, "gmac_per_s": macs[row.split("/")[1]] / ms / 1e6,
                  "of_matmul": macs[row.split("/")[1]] / ms / 1e6 / reference} for row, ms in analysis.items()}
     stock, base, adapted = (codec_times[k] for k in ("stock", f"{EAGER}/human", f"{EAGER}/{ADAPTED.value}"))
+    # the adapters' MACs at the measured matmul rate: no kernel of this CPU adds less time than that
+    adapter_floor_ms = {side: complexity.adapter_macs_per_pixel[side] * pixels / reference / 1e6
+                        for side in ("encoder", "decoder")}
     return {
         "codec": decoder.loaded.label, "weights_pretrained": decoder.loaded.pretrained,
         "adapters": "random init (timing only)" if coders.random_adapters else "trained",
@@ -250,6 +253,8 @@ def build_report(args, coders: Coders, images, rates, codec_times, analysis, fps
                    "base_vs_stock_decode": base["decode_ms"] / stock["decode_ms"],
                    "adapters_vs_base_encode": adapted["encode_ms"] / base["encode_ms"],
                    "adapters_vs_base_decode": adapted["decode_ms"] / base["decode_ms"],
+                   "adapters_floor_encode": 1 + adapter_floor_ms["encoder"] / base["encode_ms"],
+                   "adapters_floor_decode": 1 + adapter_floor_ms["decoder"] / base["decode_ms"],
                    **{f"{row.split('/')[0]}_speedup_g_a_{row.split('/')[1]}":
                       analysis[f"{EAGER}/{row.split('/')[1]}"] / ms for row, ms in analysis.items()}},
         "analysis_transform": g_a, "matmul_gmac_per_s": rates,
@@ -282,3 +287,6 @@ def print_report(report: Dict[str, object]) -> None:
     macs = report["encoder_macs_per_pixel"]
     print(f"  encoder MACs/pixel: {macs['base'] / 1e3:.1f} K + {macs['adapters'] / 1e3:.1f} K adapters "
           f"(paper, Lu2022-TIC: 142.5 K + 14.7 K)")
+    ratios = report["ratios"]
+    print(f"  adapters' floor on this CPU (their MACs at the matmul rate, added to the base path): "
+          f"{ratios['adapters_floor_encode']:.2f} encode, {ratios['adapters_floor_decode']:.2f} decode")
