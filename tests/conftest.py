@@ -43,3 +43,19 @@ def few_training_images(training_dir: Path, tmp_path: Path) -> Path:
     for path in sorted(training_dir.glob("*.jpg"))[:6]:
         (folder / path.name).symlink_to(path)
     return folder
+
+
+# The suite's longest files (about 30-140 s each on 2 cores), longest first. `make test` runs
+# files on two xdist workers (--dist loadfile), which take files in collection order: starting
+# with the long ones keeps one long file from running alone at the end.
+LONG_FILES = ("test_cli.py", "test_serving_load.py", "test_edge_streaming.py", "test_encoder_paths.py",
+              "test_exact_decoding.py", "test_benchmarks.py", "test_packaging.py", "test_universal.py",
+              "test_serving_faults.py", "test_taskmodel_yolov5seg.py", "test_security.py",
+              "test_eval_real_models.py", "test_train_adapters.py", "test_evaluation.py", "test_importance.py",
+              "test_round_robin.py", "test_service.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Run :data:`LONG_FILES` first, longest first; every file keeps its own order of tests."""
+    rank = {name: index for index, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))
