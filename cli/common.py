@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from icmh.codec.loader import OWN_CODEC, CodecOptions, default_codec
 from icmh.codec.weights import RANDOM_WEIGHTS_WARNING
 from icmh.errors import IcmhError, InvalidInputError
+from icmh.memory import keep_freed_memory
 from icmh.models.encoder_paths import EAGER, ENCODER_PATHS
 from icmh.models.registry import CODECS
 from icmh.taskmodels import MODELS_DIR_ENV, TASK_MODELS, ModelOptions, get_task_model_spec
@@ -174,7 +175,11 @@ def warn_random_weights(what: str, args: Optional[argparse.Namespace] = None) ->
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``main``; an :class:`IcmhError` becomes one ``error: …`` line and exit status 2."""
+    """Run ``main``; an :class:`IcmhError` becomes one ``error: …`` line and exit status 2.
+
+    First, freed memory is kept in the process for the next frame (:func:`icmh.memory.keep_freed_memory`).
+    """
+    keep_freed_memory()
     try:
         return main(argv)
     except IcmhError as exc:

@@ -1,8 +1,11 @@
-"""Importing ``icmh`` puts PyTorch's large CPU tensors on transparent huge pages.
+"""Where the memory of the codec's activations comes from.
 
-Each fresh activation of a codec transform would otherwise fault in its memory 4 KiB at a
-time; ``icmh`` sets PyTorch's ``THP_MEM_ALLOC_ENABLE`` (unless the environment already does),
-which cuts those page faults about tenfold.
+* Importing ``icmh`` puts PyTorch's large CPU tensors on transparent huge pages. Each fresh
+  activation of a codec transform would otherwise fault in its memory 4 KiB at a time;
+  ``icmh`` sets PyTorch's ``THP_MEM_ALLOC_ENABLE`` (unless the environment already does),
+  which cuts those page faults about tenfold.
+* The commands keep freed memory in the process (:mod:`icmh.memory`): blocks too large for
+  glibc's heap would otherwise go back to the system after every frame and fault in again.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional
 
 import pytest
+
+from icmh.memory import ENV, glibc
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -44,3 +49,36 @@ def page_faults(thp: Optional[str]) -> int:
 def test_importing_icmh_cuts_the_page_faults_of_large_tensors_unless_turned_off():
     default, off = page_faults(None), page_faults("0")
     assert default * 4 < off, (default, off)
+
+
+# A child that starts as every command does (run_cli), then counts the minor page faults of
+# large tensors freed and allocated again, as frame after frame does (each 48 MiB: glibc's
+# default would serve it with mmap and give it back on free).
+FRAMES_CHILD = """
+import resource
+import torch
+from icmh.cli.common import run_cli
+run_cli(lambda argv: 0)
+def frame():
+    return (torch.ones(2, 64, 256, 384) * 2).sum()
+frame()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    frame()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def frame_page_faults(env: Dict[str, str]) -> int:
+    """Minor page faults of :data:`FRAMES_CHILD` after its first frame, with ``env`` added."""
+    return int(subprocess.run([sys.executable, "-c", FRAMES_CHILD], env={**os.environ, **env}, capture_output=True,
+                              text=True, check=True, timeout=120).stdout)
+
+
+@pytest.mark.skipif(glibc() is None, reason="keeping freed memory is a glibc malloc setting")
+def test_commands_keep_freed_memory_so_later_frames_take_no_page_faults_unless_turned_off():
+    # without huge pages, so that each 4 KiB faulted in again counts
+    kept = frame_page_faults({"THP_MEM_ALLOC_ENABLE": "0"})
+    returned = frame_page_faults({"THP_MEM_ALLOC_ENABLE": "0", ENV: "0"})
+    assert returned > 4 * 2 * (48 << 20) // 4096 // 2, returned  # most of the two tensors per frame, faulted again
+    assert kept * 100 < returned, (kept, returned)

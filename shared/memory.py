@@ -1,0 +1,49 @@
+"""Keep freed memory in the process, so that every frame reuses the memory of the last one.
+
+glibc's ``malloc`` serves blocks of more than 32 MiB (at most) with ``mmap`` and gives them
+back to the system on ``free``. A codec transform's activations at H/2 are that large for
+a 640×480 frame with adapters, and for any batch of two: every frame then faults its
+activations in again and the kernel zeroes them again — up to half the encode time went
+to the kernel for a batch of two cameras. :func:`keep_freed_memory` makes ``malloc`` serve
+every block from its heap (``M_MMAP_MAX`` = 0) and keep freed memory up to
+:data:`TRIM_THRESHOLD` (``M_TRIM_THRESHOLD``): after the first frame the encoder takes no
+page faults. The resident memory stays at its peak, which a camera process reaches on
+every frame anyway. It changes where memory comes from, never what is computed.
+
+The ``icmh``, ``edge-client`` and ``cloud-server`` commands call it at start;
+``ICMH_KEEP_FREED_MEMORY=0`` turns it off. Elsewhere than glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from typing import Optional
+
+ENV = "ICMH_KEEP_FREED_MEMORY"
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+TRIM_THRESHOLD = 1 << 30  # bytes of free memory at the top of the heap kept before any goes back
+
+
+def glibc() -> Optional[ctypes.CDLL]:
+    """The process's C library if it is glibc (which has ``mallopt``), else ``None``."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's ``malloc`` serve large blocks from its heap and keep freed ones; True if set.
+
+    False where ``ICMH_KEEP_FREED_MEMORY=0`` or the C library is not glibc.
+    """
+    if os.environ.get(ENV, "1").strip() == "0":
+        return False
+    libc = glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
