@@ -53,7 +53,7 @@ def test_importing_icmh_cuts_the_page_faults_of_large_tensors_unless_turned_off(
 
 # A child that starts as every command does (run_cli), then counts the minor page faults of
 # large tensors freed and allocated again, as frame after frame does (each 48 MiB: glibc's
-# default would serve it with mmap and give it back on free).
+# default would serve it with mmap and give it back on free), once the heap has settled.
 FRAMES_CHILD = """
 import resource
 import torch
@@ -61,7 +61,8 @@ from icmh.cli.common import run_cli
 run_cli(lambda argv: 0)
 def frame():
     return (torch.ones(2, 64, 256, 384) * 2).sum()
-frame()
+for _ in range(8):  # the heap settles within a few frames
+    frame()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(4):
     frame()
@@ -70,7 +71,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def frame_page_faults(env: Dict[str, str]) -> int:
-    """Minor page faults of :data:`FRAMES_CHILD` after its first frame, with ``env`` added."""
+    """Minor page faults of :data:`FRAMES_CHILD` over four frames once settled, with ``env`` added."""
     return int(subprocess.run([sys.executable, "-c", FRAMES_CHILD], env={**os.environ, **env}, capture_output=True,
                               text=True, check=True, timeout=120).stdout)
 
@@ -81,4 +82,4 @@ def test_commands_keep_freed_memory_so_later_frames_take_no_page_faults_unless_t
     kept = frame_page_faults({"THP_MEM_ALLOC_ENABLE": "0"})
     returned = frame_page_faults({"THP_MEM_ALLOC_ENABLE": "0", ENV: "0"})
     assert returned > 4 * 2 * (48 << 20) // 4096 // 2, returned  # most of the two tensors per frame, faulted again
-    assert kept * 100 < returned, (kept, returned)
+    assert kept * 20 < returned, (kept, returned)
