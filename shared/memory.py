@@ -4,12 +4,14 @@ glibc's ``malloc`` serves blocks of more than 32 MiB (at most) with ``mmap`` and
 back to the system on ``free``. A codec transform's activations at H/2 are that large for
 a 1280×720 frame and for any batch of two 640×480 frames: every frame then faulted its
 activations in again and the kernel zeroed them again — about half the encode time of a
-1280×720 frame with adapters went to the kernel. :func:`keep_freed_memory` makes ``malloc``
-serve every block from its heap (``M_MMAP_MAX`` = 0) and keep freed memory up to
-:data:`TRIM_THRESHOLD` (``M_TRIM_THRESHOLD``): once the heap has settled (a few frames) the
-encoder takes no page faults. Resident memory then stays at the per-frame peak plus the
-heap's fragmentation (+9 % peak memory measured at 1280×720). It changes where memory comes
-from, never what is computed.
+1280×720 frame with adapters went to the kernel. :func:`keep_freed_memory` makes ``malloc`` serve
+every block from its heap (``M_MMAP_MAX`` = 0), keep freed memory up to
+:data:`TRIM_THRESHOLD` (``M_TRIM_THRESHOLD``) and use one heap for all threads
+(``M_ARENA_MAX`` = 1): the heaps of other threads are unmapped whenever they empty, so the
+edge client's encoder thread would still fault its memory in on every frame, and each
+thread's heap would hold its own peak. Once the heap has settled (a few frames) the encoder
+takes no page faults. Resident memory then stays at the per-frame peak plus the heap's
+fragmentation. It changes where memory comes from, never what is computed.
 
 The ``icmh``, ``edge-client`` and ``cloud-server`` commands call it at start;
 ``ICMH_KEEP_FREED_MEMORY=0`` turns it off. Elsewhere than glibc it does nothing.
@@ -23,7 +25,7 @@ import platform
 from typing import Optional
 
 ENV = "ICMH_KEEP_FREED_MEMORY"
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 TRIM_THRESHOLD = 1 << 30  # bytes of free memory at the top of the heap kept before any goes back
 
 
@@ -38,7 +40,7 @@ def glibc() -> Optional[ctypes.CDLL]:
 
 
 def keep_freed_memory() -> bool:
-    """Have glibc's ``malloc`` serve large blocks from its heap and keep freed ones; True if set.
+    """Have glibc's ``malloc`` serve large blocks from one heap for all threads and keep freed ones; True if set.
 
     False where ``ICMH_KEEP_FREED_MEMORY=0`` or the C library is not glibc.
     """
@@ -47,4 +49,5 @@ def keep_freed_memory() -> bool:
     libc = glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all([libc.mallopt(option, value) == 1 for option, value in settings])

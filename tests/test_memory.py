@@ -53,19 +53,24 @@ def test_importing_icmh_cuts_the_page_faults_of_large_tensors_unless_turned_off(
 
 # A child that starts as every command does (run_cli), then counts the minor page faults of
 # large tensors freed and allocated again, as frame after frame does (each 48 MiB: glibc's
-# default would serve it with mmap and give it back on free), once the heap has settled.
+# default would serve it with mmap and give it back on free), once the heap has settled, in
+# the main thread and in a worker thread.
 FRAMES_CHILD = """
 import resource
+from concurrent.futures import ThreadPoolExecutor
 import torch
 from icmh.cli.common import run_cli
 run_cli(lambda argv: 0)
 def frame():
     return (torch.ones(2, 64, 256, 384) * 2).sum()
-for _ in range(8):  # the heap settles within a few frames
-    frame()
+encoder = ThreadPoolExecutor(1)  # the edge client encodes in a worker thread
+def frames(count):
+    for _ in range(count):
+        frame()
+        encoder.submit(frame).result()
+frames(8)  # the heap settles within a few frames
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
-    frame()
+frames(2)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
