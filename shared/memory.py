@@ -3,8 +3,8 @@
 glibc's ``malloc`` serves blocks of more than 32 MiB (at most) with ``mmap`` and gives them
 back to the system on ``free``. A codec transform's activations at H/2 are that large for
 a 1280×720 frame and for any batch of two 640×480 frames: every frame then faulted its
-activations in again and the kernel zeroed them again — about half the encode time of a
-1280×720 frame with adapters went to the kernel. :func:`keep_freed_memory` makes ``malloc`` serve
+activations in again and the kernel zeroed them again — 0.1 to 1 s of kernel time per
+1280×720 frame with adapters, depending on the kernel's state. :func:`keep_freed_memory` makes ``malloc`` serve
 every block from its heap (``M_MMAP_MAX`` = 0), keep freed memory up to
 :data:`TRIM_THRESHOLD` (``M_TRIM_THRESHOLD``) and use one heap for all threads
 (``M_ARENA_MAX`` = 1): the heaps of other threads are unmapped whenever they empty, so the
