@@ -19,6 +19,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List
 
@@ -53,8 +54,6 @@ def child(repeats: int, threads: int) -> Dict[str, object]:
 
 def measure(call: Callable[[], object], repeats: int) -> Dict[str, float]:
     """Median milliseconds, kernel milliseconds and minor page faults of ``call`` after three warm-up calls."""
-    import time
-
     for _ in range(3):
         call()
     wall, kernel, faults = [], [], []

@@ -67,15 +67,15 @@ from icmh.tasks import Task
 frame_codec = open_frame_codec(CodecOptions())
 image = torch.rand(3, 480, 640, generator=torch.Generator().manual_seed(0))
 encoder = ThreadPoolExecutor(1)
-def round():
+def encode_round():
     frame_codec.encode([image], Task.DETECTION)
     encoder.submit(frame_codec.encode, [image], Task.DETECTION).result()
 for _ in range(3):  # the heap settles within a few frames
-    round()
+    encode_round()
 faults = []
 for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    round()
+    encode_round()
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 print(sorted(faults)[len(faults) // 2])
 """

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from icmh.cli.commands.timing import time_interleaved
 from icmh.codec.frame_codec import FrameCodec
-from icmh.models.adapted import DECODER, ENCODER
+from icmh.models.adapted import BOTH, SIDES as ADAPTER_SIDES
 from icmh.tasks import Task
 
-SIDES = (ENCODER, DECODER)
+SIDES = ADAPTER_SIDES[BOTH]  # encoder, decoder
 
 
 def spectral_inputs(frame_codec: FrameCodec, task: Task, image: Tensor) -> Dict[str, List[Tensor]]:
